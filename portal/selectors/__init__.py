@@ -1,0 +1,1 @@
+"""Reads that carry meaning: filters, ordering, keyset pagination."""

@@ -1,0 +1,1 @@
+"""Every write and business rule of the portal core lives in these modules."""

@@ -1,0 +1,132 @@
+"""Encrypted CSV exports produced by jobs (PORTAL-10, PORTAL-13).
+
+An export file is encrypted with the tenant's `exports` key, readable only
+by the member who asked for it, for 24 hours, then deleted.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from portal.csvio import csv_lines
+from portal.errors import NotFound
+from portal.models import Job, JobStatus
+from portal.services.audit import audit_event_record
+from portal.services.jobs import job_progress, job_succeed
+from portal.services.keyring import keyring_file_open, keyring_file_store
+from portal.services.registry import audit_exempt, audits
+
+if TYPE_CHECKING:
+    from portal.models import Member
+
+EXPORT_TTL = timedelta(hours=24)
+PROGRESS_EVERY = 2000
+
+
+class _IterReader(io.RawIOBase):
+    """A readable stream over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+def export_path(job_id: object) -> Path:
+    """Where the export of `job_id` lives in the current tenant's media."""
+    return Path(default_storage.path(f"exports/{job_id}.csv.enc"))
+
+
+@audit_exempt("the job's success event covers the file")
+def export_write(
+    *,
+    job: Job,
+    filename_stem: str,
+    header: list[str],
+    rows: Iterable[Iterable[Any]],
+    total: int,
+) -> None:
+    """Stream `rows` as CSV into the job's encrypted file and finish the job."""
+    job_progress(job=job, done=0, total=total, message="Writing the file…")
+
+    def encoded() -> Iterator[bytes]:
+        for line_number, line in enumerate(csv_lines(header, rows)):
+            if line_number and line_number % PROGRESS_EVERY == 0:
+                job_progress(job=job, done=line_number)
+            yield line.encode("utf-8")
+
+    path = export_path(job.pk)
+    size = keyring_file_store(
+        purpose="exports",
+        file_id=str(job.pk),
+        src=io.BufferedReader(_IterReader(encoded()), buffer_size=1 << 20),
+        path=path,
+    )
+    stamp = timezone.now().strftime("%Y%m%d-%H%M")
+    job_succeed(
+        job=job,
+        result={
+            "filename": f"{filename_stem}-{stamp}.csv",
+            "rows": total,
+            "bytes": size,
+            "expires_at": (timezone.now() + EXPORT_TTL).isoformat(),
+        },
+        message=f"{total} rows exported.",
+    )
+
+
+@audits("portal.export.downloaded")
+def export_open(*, job_id: str, actor: Member) -> tuple[str, Iterator[bytes]]:
+    """Return (filename, plaintext chunks) of an export for its requester.
+
+    Anyone else, an unfinished job, or an expired file gets `NotFound`.
+    """
+    job = Job.objects.filter(pk=job_id, requester=actor).first()
+    if job is None or job.status != JobStatus.SUCCEEDED or "filename" not in job.result:
+        raise NotFound("Export not found.")
+    if job.finished_at is None or timezone.now() - job.finished_at > EXPORT_TTL:
+        raise NotFound("This export has expired; start a new one.")
+    path = export_path(job.pk)
+    if not path.exists():
+        raise NotFound("This export has expired; start a new one.")
+    audit_event_record(action="portal.export.downloaded", target=job, actor=actor)
+    return str(job.result.get("filename", "export.csv")), keyring_file_open(
+        purpose="exports", file_id=str(job.pk), path=path
+    )
+
+
+@audit_exempt("removes expired files only")
+def export_expire() -> int:
+    """Delete export files older than 24 hours; return how many went."""
+    cutoff = timezone.now() - EXPORT_TTL
+    removed = 0
+    for job_id in Job.objects.filter(
+        finished_at__lt=cutoff, result__has_key="filename"
+    ).values_list("pk", flat=True):
+        path = export_path(job_id)
+        if path.exists():
+            path.unlink()
+            removed += 1
+    return removed
+
+

@@ -1,0 +1,223 @@
+"""Background jobs: creation, progress, completion, reaping (PORTAL-15..17)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery import Task
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from portal.errors import ApplicationError
+from portal.models import Job, JobStatus
+from portal.services.registry import audit_exempt, audits
+from portal.tasks_base import enqueue_for_tenant
+
+if TYPE_CHECKING:
+    from portal.models import Member
+
+MAX_ERROR_CHARS = 4096
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+STALE_AFTER: dict[str, timedelta] = {}
+DEFAULT_STALE_AFTER = timedelta(minutes=5)
+
+
+def _params_digest(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+@audit_exempt("callers record their own event in the same transaction")
+def job_create(
+    *,
+    kind: str,
+    actor: Member | None,
+    params: dict[str, Any] | None = None,
+    idempotency_key: str = "",
+    task: Task | None = None,
+    total: int | None = None,
+) -> Job:
+    """Create a queued job and send `task` for it after commit.
+
+    With `idempotency_key`, the same actor, kind and key within 24 hours
+    returns the existing job; different params raise `ApplicationError`
+    (422). The task receives `schema_name` and `job_id`.
+    """
+    from portal.context import current
+
+    params = params or {}
+    if idempotency_key:
+        existing = Job.objects.filter(
+            requester=actor, kind=kind, idempotency_key=idempotency_key
+        ).first()
+        if existing is not None:
+            if timezone.now() - existing.created_at > IDEMPOTENCY_WINDOW:
+                # An old key may be reused: free it.
+                existing.idempotency_key = ""
+                existing.save(update_fields=["idempotency_key"])
+            elif _params_digest(existing.params) != _params_digest(params):
+                raise ApplicationError(
+                    "This Idempotency-Key was already used with different parameters.",
+                    code="idempotency_conflict",
+                    status=422,
+                )
+            else:
+                return existing
+    job = Job(
+        kind=kind,
+        requester=actor,
+        params=params,
+        idempotency_key=idempotency_key,
+        progress_total=total,
+        request_id=current().request_id,
+    )
+    job.full_clean()
+    try:
+        with transaction.atomic():
+            job.save()
+    except IntegrityError:
+        # A concurrent request with the same key won the race.
+        return Job.objects.get(requester=actor, kind=kind, idempotency_key=idempotency_key)
+    if task is not None:
+        schema_name = connection.schema_name
+        job_id = str(job.pk)
+        transaction.on_commit(
+            lambda: enqueue_for_tenant(task, schema_name=schema_name, job_id=job_id)
+        )
+    return job
+
+
+@audit_exempt("job bookkeeping; the job's own service audits")
+def job_start(*, job_id: str) -> Job | None:
+    """Claim a job for a run. Returns None when it must not run.
+
+    Counts the attempt; a job that already ran `Job.MAX_ATTEMPTS` times is
+    failed instead (a task that kills its worker must not loop, TEN-9).
+    Finished or cancelled jobs return None, so redelivery is harmless.
+    """
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id).first()
+        if job is None or not job.is_active:
+            return None
+        now = timezone.now()
+        if job.attempts >= Job.MAX_ATTEMPTS:
+            job.status = JobStatus.FAILED
+            job.error = f"Gave up after {job.attempts} attempts."
+            job.finished_at = now
+            job.save(update_fields=["status", "error", "finished_at"])
+            return None
+        job.attempts += 1
+        job.status = JobStatus.RUNNING
+        job.started_at = job.started_at or now
+        job.heartbeat_at = now
+        job.save(update_fields=["attempts", "status", "started_at", "heartbeat_at"])
+        return job
+
+
+@audit_exempt("progress bookkeeping")
+def job_progress(
+    *,
+    job: Job,
+    done: int,
+    total: int | None = None,
+    message: str = "",
+    checkpoint: dict[str, Any] | None = None,
+) -> None:
+    """Save progress (and a checkpoint) inside the caller's transaction.
+
+    Raises `JobCancelled` if the job was cancelled meanwhile, so callers stop
+    between batches.
+    """
+    status = Job.objects.filter(pk=job.pk).values_list("status", flat=True).first()
+    if status == JobStatus.CANCELLED:
+        raise JobCancelled(str(job.pk))
+    job.progress_done = done
+    fields = ["progress_done", "heartbeat_at"]
+    if total is not None:
+        job.progress_total = total
+        fields.append("progress_total")
+    if message:
+        job.message = message[:500]
+        fields.append("message")
+    if checkpoint is not None:
+        job.checkpoint = checkpoint
+        fields.append("checkpoint")
+    job.heartbeat_at = timezone.now()
+    job.save(update_fields=fields)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+@audits("portal.job.succeeded")
+def job_succeed(*, job: Job, result: dict[str, Any], message: str = "") -> None:
+    from portal.services.audit import audit_event_record
+
+    job.status = JobStatus.SUCCEEDED
+    job.result = result
+    job.message = (message or "Done.")[:500]
+    job.finished_at = timezone.now()
+    if job.progress_total is not None:
+        job.progress_done = job.progress_total
+    job.save(
+        update_fields=["status", "result", "message", "finished_at", "progress_done"]
+    )
+    audit_event_record(action="portal.job.succeeded", target=job, changes={"kind": job.kind})
+
+
+@audits("portal.job.failed")
+def job_fail(*, job_id: str, error: str) -> None:
+    from portal.services.audit import audit_event_record
+
+    with transaction.atomic():
+        job = Job.objects.select_for_update().get(pk=job_id)
+        if not job.is_active:
+            return
+        job.status = JobStatus.FAILED
+        job.error = error[:MAX_ERROR_CHARS]
+        job.finished_at = timezone.now()
+        job.save(update_fields=["status", "error", "finished_at"])
+        audit_event_record(action="portal.job.failed", target=job, changes={"kind": job.kind})
+
+
+@audits("portal.job.cancelled")
+@transaction.atomic
+def job_cancel(*, job: Job, actor: Member) -> Job:
+    from portal.services.audit import audit_event_record
+
+    job = Job.objects.select_for_update().get(pk=job.pk)
+    if not job.is_active:
+        raise ApplicationError("This job has already finished.", code="job_finished")
+    job.status = JobStatus.CANCELLED
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "finished_at"])
+    audit_event_record(action="portal.job.cancelled", target=job, actor=actor)
+    return job
+
+
+@audit_exempt("re-queues work; the job's own service audits")
+def job_reap_stale(*, tasks_by_kind: dict[str, Task]) -> list[str]:
+    """Re-queue running jobs whose heartbeat is too old (PORTAL-16).
+
+    `job_start` fails a job at its fourth attempt, so a job that kills its
+    worker is not re-queued forever. Returns the re-queued job ids.
+    """
+    now = timezone.now()
+    requeued: list[str] = []
+    schema_name = connection.schema_name
+    for job in Job.objects.filter(status=JobStatus.RUNNING):
+        stale_after = STALE_AFTER.get(job.kind, DEFAULT_STALE_AFTER)
+        if job.heartbeat_at and now - job.heartbeat_at < stale_after:
+            continue
+        task = tasks_by_kind.get(job.kind)
+        if task is None:
+            continue
+        Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+            status=JobStatus.QUEUED
+        )
+        enqueue_for_tenant(task, schema_name=schema_name, job_id=str(job.pk))
+        requeued.append(str(job.pk))
+    return requeued

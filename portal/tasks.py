@@ -1,0 +1,101 @@
+"""Thin Celery tasks of the portal core: load by id, call a service."""
+
+from __future__ import annotations
+
+import logging
+
+from portal.celery import app
+from portal.tasks_base import PlatformTask, TenantBoundTask
+
+logger = logging.getLogger(__name__)
+
+
+def _run_job(job_id: str, runner_path: str) -> None:
+    """Claim the job, run its service, record failure; safe to redeliver."""
+    from django.utils.module_loading import import_string
+
+    from portal.services.jobs import JobCancelled, job_fail, job_start
+
+    job = job_start(job_id=job_id)
+    if job is None:
+        return
+    runner = import_string(runner_path)
+    try:
+        runner(job=job)
+    except JobCancelled:
+        logger.info("Job %s cancelled", job_id)
+    except Exception as exc:
+        logger.exception("Job %s failed", job_id)
+        job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+
+
+@app.task(
+    name="portal.audit_export_run",
+    base=TenantBoundTask,
+    bind=True,
+    reject_on_worker_lost=True,
+)
+def audit_export_run_task(self: TenantBoundTask, *, schema_name: str, job_id: str) -> None:
+    """Write an audit CSV export; redelivery rewrites the file from scratch."""
+    _run_job(job_id, "portal.services.audit.audit_export_run")
+
+
+@app.task(
+    name="portal.member_export_run",
+    base=TenantBoundTask,
+    bind=True,
+    reject_on_worker_lost=True,
+)
+def member_export_run_task(self: TenantBoundTask, *, schema_name: str, job_id: str) -> None:
+    """Write a members CSV export too large to stream."""
+    _run_job(job_id, "portal.services.member_export.member_export_run")
+
+
+@app.task(
+    name="portal.member_bulk_run",
+    base=TenantBoundTask,
+    bind=True,
+    reject_on_worker_lost=True,
+)
+def member_bulk_run_task(self: TenantBoundTask, *, schema_name: str, job_id: str) -> None:
+    """Apply a bulk action; each row's service is idempotent."""
+    _run_job(job_id, "portal.services.bulk.member_bulk_run")
+
+
+@app.task(name="portal.jobs_reap", base=TenantBoundTask, bind=True)
+def jobs_reap_task(self: TenantBoundTask, *, schema_name: str) -> None:
+    """Re-queue this tenant's stalled jobs (PORTAL-16)."""
+    from portal.services.jobs import job_reap_stale
+
+    job_reap_stale(
+        tasks_by_kind={
+            "audit_export": audit_export_run_task,
+            "member_export": member_export_run_task,
+            "member_bulk": member_bulk_run_task,
+        }
+    )
+
+
+@app.task(name="portal.daily_upkeep", base=TenantBoundTask, bind=True)
+def daily_upkeep_task(self: TenantBoundTask, *, schema_name: str) -> None:
+    """Seat snapshot and expired export cleanup for one tenant."""
+    from portal.services.exports import export_expire
+    from portal.services.members import seat_snapshot_take
+
+    seat_snapshot_take()
+    export_expire()
+
+
+@app.task(name="portal.fan_out", base=PlatformTask, bind=True)
+def fan_out_task(self: PlatformTask, *, task_name: str) -> None:
+    """Send a tenant task once per active tenant (beat calls this daily)."""
+    from portal.tasks_base import enqueue_for_tenant
+    from tenants.services import tenant_list_active
+
+    allowed = {"portal.jobs_reap", "portal.daily_upkeep"}
+    if task_name not in allowed:
+        logger.error("fan_out refused unknown task %s", task_name)
+        return
+    task = app.tasks[task_name]
+    for tenant in tenant_list_active():
+        enqueue_for_tenant(task, schema_name=tenant.schema_name)

@@ -1,0 +1,12 @@
+"""The tenant URLconf (every tenant host). The console's is tenants.urls.
+
+Each app mounts its routes here under its own namespace.
+"""
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("", include("portal.routes", namespace="portal")),
+]
+
+handler404 = "portal.views.not_found_view"

@@ -1,0 +1,8 @@
+"""WSGI entry point. Tenant state is bound to the thread, so serve under WSGI."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+application = get_wsgi_application()

@@ -1,0 +1,149 @@
+"""Shared fixtures: two session-scoped tenant schemas, members, clients.
+
+TEN-7: the schemas `tenant` (tenant.localhost) and `other` (other.localhost)
+are created once per database (and kept by --reuse-db); every test runs in
+a transaction that is rolled back. Tests that create or drop schemas, or
+need committed data (real workers), are marked and clean up after
+themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+from django_tenants.utils import schema_context, tenant_context
+
+from portal.models import Member
+from portal.roles import Role
+from tenants.models import Tenant
+
+TENANT_SLUG = "tenant"
+OTHER_SLUG = "other"
+OWNER_PASSWORD = "correct horse battery staple 9"  # noqa: S105
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+
+def _ensure_tenant(slug: str) -> None:
+    from tenants.services import tenant_provision
+
+    with schema_context("public"):
+        if Tenant.objects.filter(slug=slug, status="active").exists():
+            return
+    tenant_provision(
+        slug=slug,
+        name=f"{slug.title()} Ltd",
+        owner_email=f"owner@{slug}.test",
+        domain=f"{slug}.localhost",
+        owner_password=OWNER_PASSWORD,
+    )
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Create the two shared tenants once; --reuse-db keeps them."""
+    with django_db_blocker.unblock():
+        from tenants.services import public_tenant_ensure
+
+        public_tenant_ensure()
+        _ensure_tenant(TENANT_SLUG)
+        _ensure_tenant(OTHER_SLUG)
+        connection.set_schema_to_public()
+    yield
+
+
+def _get_tenant(slug: str) -> Tenant:
+    with schema_context("public"):
+        return Tenant.objects.get(slug=slug)
+
+
+@pytest.fixture
+def tenant(db: None) -> Iterator[Tenant]:
+    yield _get_tenant(TENANT_SLUG)
+    connection.set_schema_to_public()
+
+
+@pytest.fixture
+def other_tenant(db: None) -> Tenant:
+    return _get_tenant(OTHER_SLUG)
+
+
+MemberMaker = Callable[..., Member]
+
+
+@pytest.fixture
+def make_member(tenant: Tenant) -> MemberMaker:
+    """Create a member (with a password login) in a tenant (default: tenant)."""
+    from tests.factories import member_with_login
+
+    def make(role: str = Role.MEMBER, *, in_tenant: Tenant | None = None, **kw: Any) -> Member:
+        with tenant_context(in_tenant or tenant):
+            return member_with_login(role=role, **kw)
+
+    return make
+
+
+@pytest.fixture
+def tenant_owner(tenant: Tenant) -> Member:
+    with tenant_context(tenant):
+        return Member.objects.get(email=f"owner@{TENANT_SLUG}.test")
+
+
+@pytest.fixture
+def tenant_admin(make_member: MemberMaker) -> Member:
+    return make_member(Role.ADMIN)
+
+
+ClientMaker = Callable[..., Client]
+
+
+@pytest.fixture
+def client_for(tenant: Tenant) -> ClientMaker:
+    """A client on a tenant's host, signed in as `member` (or anonymous)."""
+
+    def make(member: Member | None = None, *, on: Tenant | None = None) -> Client:
+        target = on or tenant
+        host = target.domains.first().domain  # type: ignore[union-attr]
+        client = Client(HTTP_HOST=host)
+        if member is not None:
+            with tenant_context(target):
+                client.force_login(member.user)  # type: ignore[arg-type]
+                session = client.session
+                session["auth_method"] = "password"
+                session.save()
+                from portal.models import MemberSession
+
+                MemberSession.objects.get_or_create(
+                    session_key=session.session_key, defaults={"member": member}
+                )
+        return client
+
+    return make
+
+
+@pytest.fixture
+def tenant_client(client_for: ClientMaker, tenant_owner: Member) -> Client:
+    """The tenant's owner, signed in, on the tenant's host."""
+    return client_for(tenant_owner)
+
+
+@pytest.fixture
+def anon_client(client_for: ClientMaker) -> Client:
+    return client_for(None)
+
+
+def ci_requires(service: str) -> None:
+    """Fail (not skip) when CI=true and a needed service is missing."""
+    message = f"{service} is not available"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message + " (CI=true: services are required)")
+    pytest.skip(message)
