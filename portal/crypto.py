@@ -21,6 +21,9 @@ Formats (all integers big-endian):
   Chunk ``i`` uses nonce ``prefix || i(4) || last(1)`` and associated data
   ``header || file id``, so moving, reordering, truncating, extending or
   swapping chunks between files, and editing the header, all fail to verify.
+  A file written without knowing its size records `UNKNOWN_SIZE` (2**64 - 1)
+  as its plaintext size; its chunks are laid out and sealed exactly as for a
+  sized file of the same plaintext, so the flagged last chunk marks the end.
 
 Every authentication failure raises `DecryptionError`; no partial plaintext
 of a failing field or chunk is ever returned.
@@ -47,6 +50,7 @@ __all__ = [
     "FIELD_FORMAT",
     "FILE_FORMAT",
     "KEY_SIZE",
+    "UNKNOWN_SIZE",
     "CryptoError",
     "DecryptionError",
     "KeyDestroyed",
@@ -88,6 +92,11 @@ _FILE_HEADER = struct.Struct(">4sBIQ7s")
 FILE_HEADER_SIZE = _FILE_HEADER.size
 # The chunk counter is four bytes wide.
 _MAX_CHUNKS = 2**32
+# Header size of a file whose size was not known when it was written. No
+# sized file can record it (2**64 - 1 bytes would need more than 2**32
+# chunks even at MAX_CHUNK_SIZE), so it cannot be mistaken for a real size,
+# and readers that predate it reject such files instead of misreading them.
+UNKNOWN_SIZE = 2**64 - 1
 
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
@@ -339,6 +348,12 @@ def decrypt_field(key: SecretBytes, blob: bytes, *, aad: bytes) -> bytes:
         raise DecryptionError("encrypted field failed authentication") from None
 
 
+def _chunk_count(size: int, chunk_size: int) -> int:
+    # An empty file still has one (empty, last) chunk, so that dropping
+    # every chunk is detectable.
+    return max(1, -(-size // chunk_size))
+
+
 class _FileHeader(typing.NamedTuple):
     raw: bytes
     chunk_size: int
@@ -346,17 +361,22 @@ class _FileHeader(typing.NamedTuple):
     prefix: bytes
 
     @property
+    def sized(self) -> bool:
+        return self.size != UNKNOWN_SIZE
+
+    @property
     def chunk_count(self) -> int:
-        # An empty file still has one (empty, last) chunk, so that dropping
-        # every chunk is detectable.
-        return max(1, -(-self.size // self.chunk_size))
+        """Number of chunks; only meaningful for a sized (or measured) header."""
+        return _chunk_count(self.size, self.chunk_size)
 
     def chunk_length(self, index: int) -> int:
         """Plaintext length of chunk `index`."""
         return min(self.chunk_size, self.size - index * self.chunk_size)
 
-    def nonce(self, index: int) -> bytes:
-        last = index == self.chunk_count - 1
+    def is_last(self, index: int) -> bool:
+        return index == self.chunk_count - 1
+
+    def nonce(self, index: int, last: bool) -> bytes:
         return self.prefix + struct.pack(">IB", index, last)
 
 
@@ -396,9 +416,39 @@ def _read_header(src: typing.BinaryIO) -> _FileHeader:
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise DecryptionError("encrypted file header has a bad chunk size")
     header = _FileHeader(raw, chunk_size, size, prefix)
-    if header.chunk_count > _MAX_CHUNKS:
+    if header.sized and header.chunk_count > _MAX_CHUNKS:
         raise DecryptionError("encrypted file header has a bad size")
     return header
+
+
+def _measure(header: _FileHeader, src: typing.BinaryIO) -> _FileHeader:
+    """Return `header` with an unrecorded size worked out from the file length.
+
+    `src` must be positioned right after the header and is left there. Every
+    chunk but the last is sealed at exactly ``chunk size + tag`` bytes and
+    only an empty file has an empty last chunk, so the length determines the
+    size. The result is only as trustworthy as the length: it is confirmed
+    when the last chunk, sealed with the last flag at that index, verifies.
+    ``raw`` is kept, so the associated data still covers the real header.
+    """
+    if header.sized:
+        return header
+    if not src.seekable():
+        raise ValueError(
+            "size not recorded in the header (written with UNKNOWN_SIZE) and "
+            "the source cannot seek to measure it"
+        )
+    body_start = src.tell()
+    body = src.seek(0, 2) - body_start
+    src.seek(body_start)
+    sealed_size = header.chunk_size + TAG_SIZE
+    count = _chunk_count(body, sealed_size)
+    tail = body - (count - 1) * sealed_size
+    if tail < TAG_SIZE or (tail == TAG_SIZE and count > 1):
+        raise DecryptionError("encrypted file is truncated (length fits no chunks)")
+    if count > _MAX_CHUNKS:
+        raise DecryptionError("encrypted file has too many chunks")
+    return header._replace(size=(count - 1) * header.chunk_size + tail - TAG_SIZE)
 
 
 def _open_chunk(
@@ -407,16 +457,75 @@ def _open_chunk(
     if len(sealed) != header.chunk_length(index) + TAG_SIZE:
         raise DecryptionError(f"encrypted file is truncated at chunk {index}")
     try:
-        return aead.decrypt(header.nonce(index), sealed, aad)
+        return aead.decrypt(header.nonce(index, header.is_last(index)), sealed, aad)
     except InvalidTag:
         raise DecryptionError(
             f"encrypted file chunk {index} failed authentication"
         ) from None
 
 
+def _open_unsized_chunk(
+    aead: AESGCM,
+    header: _FileHeader,
+    aad: bytes,
+    index: int,
+    sealed: bytes,
+    *,
+    last: bool,
+) -> bytes:
+    try:
+        return aead.decrypt(header.nonce(index, last), sealed, aad)
+    except InvalidTag:
+        pass
+    # A full-size chunk is judged last or not by where the stream ends. If it
+    # verifies with the other flag it is authentic but the stream was cut or
+    # extended at a chunk boundary; saying so beats a bare failure. The
+    # plaintext of that trial is dropped, never returned.
+    if len(sealed) == header.chunk_size + TAG_SIZE:
+        try:
+            aead.decrypt(header.nonce(index, not last), sealed, aad)
+        except InvalidTag:
+            pass
+        else:
+            if last:
+                raise DecryptionError(
+                    "encrypted file is truncated (ends before its last chunk)"
+                )
+            raise DecryptionError("encrypted file has trailing data")
+    raise DecryptionError(f"encrypted file chunk {index} failed authentication")
+
+
+def _unsized_chunks(
+    aead: AESGCM, header: _FileHeader, aad: bytes, src: typing.BinaryIO
+) -> Iterator[bytes]:
+    sealed_size = header.chunk_size + TAG_SIZE
+    sealed = _read_exact(src, sealed_size)
+    index = 0
+    while True:
+        # An empty last chunk after full ones is never written (the writer
+        # looks ahead), so it can only be a cut inside the final chunk.
+        if len(sealed) < TAG_SIZE or (len(sealed) == TAG_SIZE and index > 0):
+            raise DecryptionError(f"encrypted file is truncated at chunk {index}")
+        # A short read already hit the end. A full chunk is the last one only
+        # if nothing follows it; one byte of lookahead tells without
+        # buffering the next chunk.
+        peek = src.read(1) if len(sealed) == sealed_size else b""
+        last = not peek
+        yield _open_unsized_chunk(aead, header, aad, index, sealed, last=last)
+        if last:
+            return
+        index += 1
+        if index >= _MAX_CHUNKS:
+            raise DecryptionError("encrypted file has too many chunks")
+        sealed = peek + _read_exact(src, sealed_size - 1)
+
+
 def _stream_size(src: typing.BinaryIO) -> int:
     if not src.seekable():
-        raise ValueError("pass size= for a source that cannot seek")
+        raise ValueError(
+            "pass size= for a source that cannot seek "
+            "(size=UNKNOWN_SIZE if it cannot be known in advance)"
+        )
     start = src.tell()
     end = src.seek(0, 2)
     src.seek(start)
@@ -434,13 +543,21 @@ def encrypt_stream(
 ) -> int:
     """Encrypt `src` (from its position to its end) into `dst`; return size.
 
-    The header records the plaintext size, which must be known up front
-    because every chunk authenticates the header: it is measured by seeking
-    `src`, or given as `size` for streams that cannot seek. Memory use is
-    about two chunks whatever the file size, and only ciphertext is written.
+    The header records the plaintext size: it is measured by seeking `src`,
+    or given as `size` for streams that cannot seek. Memory use is about two
+    chunks (three with `UNKNOWN_SIZE`) whatever the file size, and only
+    ciphertext is written.
     `file_key` must be fresh for this file, `file_id` must be the id the
     file will be read back with. If `src` turns out longer or shorter than
     the size, `ValueError` is raised and `dst` holds garbage to discard.
+
+    ``size=UNKNOWN_SIZE`` is for sources whose length is unknown until they
+    end (an export generated from a database cursor): the header records
+    `UNKNOWN_SIZE`, `src` is read to its end, and the real size is returned.
+    One chunk of lookahead flags the real last chunk, so chunks and nonces
+    are those of a sized file and an empty source still gives one empty last
+    chunk. It is opt-in, not the fallback for unseekable sources, because
+    the header then gives no Content-Length (see `plaintext_size`).
     """
     if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be between 1 and {MAX_CHUNK_SIZE}")
@@ -448,24 +565,55 @@ def encrypt_stream(
         size = _stream_size(src)
     if size < 0:
         raise ValueError("size must not be negative")
+    sized = size != UNKNOWN_SIZE
+    if sized and _chunk_count(size, chunk_size) > _MAX_CHUNKS:
+        raise ValueError("file has too many chunks; use a larger chunk_size")
     raw = _FILE_HEADER.pack(
         FILE_MAGIC, FILE_FORMAT, chunk_size, size, secrets.token_bytes(_PREFIX_SIZE)
     )
     header = _FileHeader(raw, chunk_size, size, raw[-_PREFIX_SIZE:])
-    if header.chunk_count > _MAX_CHUNKS:
-        raise ValueError("file has too many chunks; use a larger chunk_size")
     aad = _file_aad(header, file_id)
     aead = _aead(file_key)
     dst.write(raw)
+    if not sized:
+        return _encrypt_unsized(aead, header, aad, src, dst)
     for index in range(header.chunk_count):
         length = header.chunk_length(index)
         chunk = _read_exact(src, length)
         if len(chunk) != length:
             raise ValueError("source ended before its stated size")
-        dst.write(aead.encrypt(header.nonce(index), chunk, aad))
+        dst.write(aead.encrypt(header.nonce(index, header.is_last(index)), chunk, aad))
     if src.read(1):
         raise ValueError("source is longer than its stated size")
     return size
+
+
+def _encrypt_unsized(
+    aead: AESGCM,
+    header: _FileHeader,
+    aad: bytes,
+    src: typing.BinaryIO,
+    dst: typing.BinaryIO,
+) -> int:
+    chunk_size = header.chunk_size
+    pending = _read_exact(src, chunk_size)
+    total = 0
+    index = 0
+    while True:
+        # A short chunk means the source ended. A full one is the last only
+        # if nothing follows, which only reading ahead can tell; flagging an
+        # extra empty chunk instead would make the layout differ from a
+        # sized file's and leave the length ambiguous for `_measure`.
+        ahead = _read_exact(src, chunk_size) if len(pending) == chunk_size else b""
+        last = not ahead
+        dst.write(aead.encrypt(header.nonce(index, last), pending, aad))
+        total += len(pending)
+        if last:
+            return total
+        index += 1
+        if index >= _MAX_CHUNKS:
+            raise ValueError("source has too many chunks; use a larger chunk_size")
+        pending = ahead
 
 
 def decrypt_stream(
@@ -479,10 +627,15 @@ def decrypt_stream(
     after it. A `DecryptionError` mid-way means the file is truncated or
     tampered: what was yielded is authentic, but the whole must be treated
     as failed (e.g. abort the HTTP response). An empty file yields b"" once.
+
+    Files written with ``size=UNKNOWN_SIZE`` are read until the chunk sealed
+    as last, which must end the stream; `src` need not seek for them either.
     """
     header = _read_header(src)
     aad = _file_aad(header, file_id)
     aead = _aead(file_key)
+    if not header.sized:
+        return _unsized_chunks(aead, header, aad, src)
 
     def chunks() -> Iterator[bytes]:
         last = header.chunk_count - 1
@@ -512,9 +665,13 @@ def decrypt_range(
     header itself is authenticated by the first chunk read. An empty range
     yields nothing. Every chunk is authenticated before any of it is
     yielded; a range that ends in the last chunk also rejects trailing data.
+
+    For a file written with ``size=UNKNOWN_SIZE`` the size is worked out
+    from the file length (see `plaintext_size`); it is authenticated only
+    when the range reaches the last chunk, but every chunk read still is.
     """
     base = src.tell()
-    header = _read_header(src)
+    header = _measure(_read_header(src), src)
     if not 0 <= start <= end <= header.size:
         raise ValueError(
             f"range [{start}, {end}) is outside the file (size {header.size})"
@@ -549,10 +706,15 @@ def plaintext_size(src: typing.BinaryIO) -> int:
     seek. The value is not authenticated until a chunk is decrypted, so use
     it for planning (Content-Length, range checks), not as proof.
     `DecryptionError` if the header is malformed.
+
+    A file written with ``size=UNKNOWN_SIZE`` has no size in its header: it
+    is worked out from the length of the ciphertext, which must run from the
+    header to the end of `src` (`DecryptionError` if no chunk layout fits).
+    `ValueError` ("size not recorded ...") if `src` cannot seek.
     """
     position = src.tell() if src.seekable() else None
     try:
-        return _read_header(src).size
+        return _measure(_read_header(src), src).size
     finally:
         if position is not None:
             src.seek(position)

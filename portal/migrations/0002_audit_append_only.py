@@ -1,7 +1,8 @@
-"""The tenant audit log is append-only (PORTAL-12).
+"""The tenant audit log is append-only (PORTAL-12); trigram search index.
 
 The function and triggers are created in the tenant's own schema (the first
-on the search path); the log goes only with its schema.
+on the search path); the log goes only with its schema. The trigram index
+is created only where pg_trgm is installed (not on the embedded dev server).
 """
 
 from django.db import migrations
@@ -27,8 +28,24 @@ DROP TRIGGER IF EXISTS portal_audit_no_truncate ON portal_auditevent;
 DROP FUNCTION IF EXISTS portal_audit_append_only();
 """
 
+TRGM_INDEX = """
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm') THEN
+        CREATE INDEX IF NOT EXISTS portal_member_search_trgm
+            ON portal_member USING gin (search_text gin_trgm_ops);
+    END IF;
+END
+$$;
+"""
+
 
 class Migration(migrations.Migration):
     dependencies = [("portal", "0001_initial"), ("tenants", "0002_extensions_and_audit_trigger")]
 
-    operations = [migrations.RunSQL(APPEND_ONLY, reverse_sql=DROP)]
+    operations = [
+        migrations.RunSQL(APPEND_ONLY, reverse_sql=DROP),
+        migrations.RunSQL(
+            TRGM_INDEX, reverse_sql="DROP INDEX IF EXISTS portal_member_search_trgm"
+        ),
+    ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q, Value
 from django.db.models.functions import Concat, Lower
@@ -96,6 +95,9 @@ class Member(models.Model):
     )
 
     class Meta:
+        # The pg_trgm GIN index on search_text is created by migration 0002
+        # where the server has the extension (the embedded dev server does
+        # not ship it).
         constraints = [
             models.UniqueConstraint(Lower("email"), name="portal_member_email_lower_uniq"),
             models.UniqueConstraint(
@@ -105,11 +107,6 @@ class Member(models.Model):
             ),
         ]
         indexes = [
-            GinIndex(
-                fields=["search_text"],
-                name="portal_member_search_trgm",
-                opclasses=["gin_trgm_ops"],
-            ),
             models.Index(fields=["status", "-id"], name="portal_member_status"),
             models.Index(fields=["role", "-id"], name="portal_member_role"),
             models.Index(fields=["department"], name="portal_member_department"),

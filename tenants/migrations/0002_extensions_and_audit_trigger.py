@@ -1,7 +1,9 @@
 """pg_trgm for member search, and the platform audit log made append-only.
 
 pg_trgm lives in public, which is on every tenant's search path, so tenant
-schemas can use its operator classes.
+schemas can use its operator classes. It is a contrib module: the embedded
+development server (pgserver) does not ship it, so it is created only where
+available and the member search falls back to a scan there.
 """
 
 from django.db import migrations
@@ -21,6 +23,16 @@ CREATE TRIGGER tenants_platformaudit_no_truncate
     FOR EACH STATEMENT EXECUTE FUNCTION tenants_platformaudit_append_only();
 """
 
+TRGM = """
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm') THEN
+        CREATE EXTENSION IF NOT EXISTS pg_trgm;
+    END IF;
+END
+$$;
+"""
+
 DROP = """
 DROP TRIGGER IF EXISTS tenants_platformaudit_no_change ON tenants_platformauditevent;
 DROP TRIGGER IF EXISTS tenants_platformaudit_no_truncate ON tenants_platformauditevent;
@@ -32,8 +44,6 @@ class Migration(migrations.Migration):
     dependencies = [("tenants", "0001_initial")]
 
     operations = [
-        migrations.RunSQL(
-            "CREATE EXTENSION IF NOT EXISTS pg_trgm", reverse_sql=migrations.RunSQL.noop
-        ),
+        migrations.RunSQL(TRGM, reverse_sql=migrations.RunSQL.noop),
         migrations.RunSQL(APPEND_ONLY, reverse_sql=DROP),
     ]
