@@ -290,6 +290,9 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
 _BROKER_DIR = PORTAL_DATA_DIR / "broker"
 CELERY_VISIBILITY_TIMEOUT = 6 * 60 * 60
 if CELERY_BROKER_URL.startswith("filesystem:"):
+    # kombu's filesystem transport needs its folders to exist.
+    for _folder in ("queue", "processed"):
+        (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
         "data_folder_in": str(_BROKER_DIR / "queue"),
         "data_folder_out": str(_BROKER_DIR / "queue"),
