@@ -147,3 +147,49 @@ def ci_requires(service: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(message + " (CI=true: services are required)")
     pytest.skip(message)
+
+
+@pytest.fixture
+def committed_tenant(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Tenant]:
+    """A fresh tenant whose writes really commit (for real workers, races).
+
+    Do not combine with `db`-based fixtures in one test: those wrap the
+    test in a transaction other connections cannot see. The schema is
+    dropped afterwards (platform audit rows stay: they are append-only).
+    pytest-django's transactional flush is not used because it TRUNCATEs,
+    which the append-only audit trigger refuses.
+    """
+    import uuid
+
+    from tenants.services import tenant_provision
+
+    slug = "c" + uuid.uuid4().hex[:10]
+    with django_db_blocker.unblock():
+        result = tenant_provision(
+            slug=slug,
+            name="Committed Ltd",
+            owner_email=f"owner@{slug}.test",
+            owner_password=OWNER_PASSWORD,
+        )
+        connection.set_schema_to_public()
+        try:
+            yield result.tenant
+        finally:
+            connection.set_schema_to_public()
+            drop_tenant_now(result.tenant.pk)
+
+
+def drop_tenant_now(tenant_id: int) -> None:
+    """Remove a test tenant's schema, media, domains and row immediately."""
+    import shutil
+    from pathlib import Path
+
+    with schema_context("public"):
+        tenant = Tenant.objects.filter(pk=tenant_id).first()
+        if tenant is None:
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
+        shutil.rmtree(Path(settings.MEDIA_ROOT) / tenant.schema_name, ignore_errors=True)
+        tenant.domains.all().delete()
+        Tenant.objects.filter(pk=tenant_id).delete()

@@ -6,19 +6,22 @@ import base64
 import copy
 import hashlib
 import io
+import itertools
 import pickle
 import random
 import struct
 import tracemalloc
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from portal.crypto import (
     CHUNK_SIZE,
     FIELD_FORMAT,
+    UNKNOWN_SIZE,
     CryptoError,
     DecryptionError,
     KeyDestroyed,
@@ -704,6 +707,392 @@ def test_stream_memory_is_flat(tmp_path: Path) -> None:
             tracemalloc.stop()
     assert peak < limit
     with path.open("rb") as encrypted:
+        tracemalloc.start()
+        try:
+            digest = _consume(decrypt_stream(key, encrypted, file_id="big"))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < limit
+    assert digest == expected
+
+
+# Files: unknown size (written from a generator)
+
+
+class _GeneratorReader(io.RawIOBase):
+    """Non-seekable source fed by a generator, like a CSV export from a cursor.
+
+    A read returns at most what is left of the current piece, so reads come
+    back short at irregular points; empty pieces are skipped, not taken as
+    the end.
+    """
+
+    def __init__(self, pieces: Iterable[bytes]) -> None:
+        self._pieces = iter(pieces)
+        self._current = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        while not self._current:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return b""
+            self._current = piece
+        if size is None or size < 0:
+            size = len(self._current)
+        data, self._current = self._current[:size], self._current[size:]
+        return data
+
+
+def _rows(data: bytes, seed: int) -> Iterator[bytes]:
+    rng = _rng(seed)
+    position = 0
+    while position < len(data):
+        step = rng.randint(0, 2 * SMALL)
+        yield data[position : position + step]
+        position += step
+
+
+def _generated(data: bytes) -> typing.BinaryIO:
+    return typing.cast(typing.BinaryIO, _GeneratorReader(_rows(data, len(data))))
+
+
+def _encrypt_unsized(
+    data: bytes,
+    key: SecretBytes,
+    *,
+    file_id: str = "file-1",
+    chunk_size: int = SMALL,
+) -> bytes:
+    dst = io.BytesIO()
+    written = encrypt_stream(
+        key,
+        _generated(data),
+        dst,
+        file_id=file_id,
+        chunk_size=chunk_size,
+        size=UNKNOWN_SIZE,
+    )
+    assert written == len(data)
+    return dst.getvalue()
+
+
+def _with_size(blob: bytes, size: int) -> bytes:
+    magic, fmt, chunk_size, _, prefix = struct.unpack(">4sBIQ7s", blob[:HEADER])
+    header = struct.pack(">4sBIQ7s", magic, fmt, chunk_size, size, prefix)
+    return header + blob[HEADER:]
+
+
+def _fails_everywhere(blob: bytes, key: SecretBytes) -> None:
+    """Streaming, seekable or not, and a full-range read all refuse `blob`."""
+    with pytest.raises(DecryptionError):
+        _decrypt(blob, key)
+    with pytest.raises(DecryptionError):
+        b"".join(decrypt_stream(key, _trickle(blob), file_id="file-1"))
+    try:
+        end = plaintext_size(io.BytesIO(blob))
+    except DecryptionError:
+        return
+    if end:  # an empty range reads no chunk, sized file or not
+        with pytest.raises(DecryptionError):
+            _range(blob, key, 0, end)
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size"),
+    [
+        (0, SMALL),
+        (1, SMALL),
+        (SMALL - 1, SMALL),
+        (SMALL, SMALL),
+        (SMALL + 1, SMALL),
+        (5 * SMALL, SMALL),
+        (5 * SMALL + 3, SMALL),
+        (100, 1),
+        (CHUNK_SIZE + 1, CHUNK_SIZE),
+    ],
+)
+def test_unsized_round_trip(size: int, chunk_size: int) -> None:
+    key = new_data_key()
+    data = _rng(size).randbytes(size)
+    blob = _encrypt_unsized(data, key, chunk_size=chunk_size)
+    chunks = max(1, -(-size // chunk_size))
+    # Same length as a sized file: no extra empty chunk at the end.
+    assert len(blob) == HEADER + size + chunks * TAG
+    assert struct.unpack(">4sBIQ7s", blob[:HEADER])[3] == UNKNOWN_SIZE
+    parts = list(decrypt_stream(key, _trickle(blob), file_id="file-1"))
+    assert b"".join(parts) == data
+    assert [len(part) for part in parts[:-1]] == [chunk_size] * (chunks - 1)
+    assert 0 < len(parts[-1]) <= chunk_size or size == 0
+    assert _decrypt(blob, key) == data
+    assert plaintext_size(io.BytesIO(blob)) == size
+    assert _range(blob, key, 0, size) == data
+
+
+def test_unsized_format_matches_the_spec() -> None:
+    # Built by hand from the documented format, independently of the module:
+    # nonce prefix || index || last flag, associated data header || file id.
+    key = new_data_key()
+    data = _rng(12).randbytes(2 * SMALL + 5)
+    blob = _encrypt_unsized(data, key)
+    aead, aad = AESGCM(key.reveal()), blob[:HEADER] + b"file-1"
+    prefix = blob[HEADER - 7 : HEADER]
+    chunks = _chunks(blob)
+    opened = [
+        aead.decrypt(prefix + struct.pack(">IB", i, i == len(chunks) - 1), c, aad)
+        for i, c in enumerate(chunks)
+    ]
+    assert b"".join(opened) == data
+    header = struct.pack(">4sBIQ7s", b"PDEF", 1, SMALL, UNKNOWN_SIZE, prefix)
+    built = header + b"".join(
+        aead.encrypt(
+            prefix + struct.pack(">IB", i, i == 2), data[i * SMALL :][:SMALL], aad
+        )
+        for i in range(3)
+    )
+    assert _decrypt(built, key) == data
+
+
+def test_unsized_empty_source_is_one_empty_last_chunk() -> None:
+    key = new_data_key()
+    blob = _encrypt_unsized(b"", key)
+    assert len(blob) == HEADER + TAG
+    assert list(decrypt_stream(key, _trickle(blob), file_id="file-1")) == [b""]
+    assert plaintext_size(io.BytesIO(blob)) == 0
+    with pytest.raises(DecryptionError, match="truncated"):
+        _decrypt(blob[:HEADER], key)
+
+
+def test_unsized_from_seekable_source_and_position() -> None:
+    key = new_data_key()
+    src = io.BytesIO(b"skip:payload")
+    src.seek(5)
+    dst = io.BytesIO()
+    size = encrypt_stream(key, src, dst, file_id="f", size=UNKNOWN_SIZE)
+    assert size == len(b"payload")
+    assert _decrypt(dst.getvalue(), key, file_id="f") == b"payload"
+
+
+def test_unsized_is_opt_in() -> None:
+    # An unseekable source without size= still fails loudly rather than
+    # silently producing a file whose header carries no size.
+    with pytest.raises(ValueError, match="pass size=.*UNKNOWN_SIZE"):
+        encrypt_stream(new_data_key(), _trickle(b"x"), io.BytesIO(), file_id="f")
+    with pytest.raises(ValueError, match="too many chunks"):
+        encrypt_stream(
+            new_data_key(),
+            _trickle(b"x"),
+            io.BytesIO(),
+            file_id="f",
+            size=UNKNOWN_SIZE - 1,
+        )
+
+
+@pytest.mark.parametrize("size", [0, 1, SMALL, 3 * SMALL, 3 * SMALL + 5])
+def test_unsized_every_truncation_fails(size: int) -> None:
+    key = new_data_key()
+    blob = _encrypt_unsized(_rng(size).randbytes(size), key)
+    for cut in range(len(blob)):
+        _fails_everywhere(blob[:cut], key)
+
+
+def test_unsized_cut_at_chunk_boundary_is_reported_as_truncation() -> None:
+    # The remaining chunks are intact; only the missing last flag betrays
+    # the cut.
+    key = new_data_key()
+    blob = _encrypt_unsized(b"c" * (4 * SMALL), key)
+    for chunks in range(4):
+        with pytest.raises(DecryptionError, match="truncated"):
+            _decrypt(blob[: HEADER + chunks * (SMALL + TAG)], key)
+
+
+@pytest.mark.parametrize("size", [3 * SMALL, 3 * SMALL + 5])
+def test_unsized_reordered_or_replayed_chunks_fail(size: int) -> None:
+    key = new_data_key()
+    blob = _encrypt_unsized(_rng(size).randbytes(size), key)
+    chunks = _chunks(blob)
+    orders = list(itertools.permutations(chunks))[1:]
+    orders += [(chunks[0], chunks[0], *chunks[2:]), (*chunks[:-1], chunks[0])]
+    for order in orders:
+        _fails_everywhere(blob[:HEADER] + b"".join(order), key)
+
+
+@pytest.mark.parametrize("size", [2 * SMALL, 2 * SMALL + 3])
+@pytest.mark.parametrize(
+    "extra", [b"\x00", b"garbage" * 10, "first chunk", "last chunk"]
+)
+def test_unsized_appended_data_fails(size: int, extra: bytes | str) -> None:
+    key = new_data_key()
+    blob = _encrypt_unsized(b"z" * size, key)
+    chunks = _chunks(blob)
+    if isinstance(extra, bytes):
+        tail = extra
+    else:
+        tail = chunks[0] if extra == "first chunk" else chunks[-1]
+    _fails_everywhere(blob + tail, key)
+    if size % SMALL == 0:
+        # A full last chunk followed by anything is named for what it is.
+        with pytest.raises(DecryptionError, match="trailing"):
+            _decrypt(blob + tail, key)
+
+
+@pytest.mark.parametrize("size", [SMALL, SMALL - 1])
+def test_unsized_last_chunk_is_verified_before_release(size: int) -> None:
+    key = new_data_key()
+    blob = _encrypt_unsized(b"q" * size, key)
+    stream = decrypt_stream(key, io.BytesIO(blob + b"!"), file_id="file-1")
+    with pytest.raises(DecryptionError):
+        next(stream)
+
+
+def test_unsized_bit_flip_anywhere_fails() -> None:
+    key = new_data_key()
+    blob = _encrypt_unsized(_rng(13).randbytes(2 * SMALL + 5), key)
+    for index in range(len(blob)):
+        for mask in (0x01, 0x80):
+            bad = bytearray(blob)
+            bad[index] ^= mask
+            _fails_everywhere(bytes(bad), key)
+
+
+def test_unsized_header_size_is_authenticated() -> None:
+    key = new_data_key()
+    size = 4 * SMALL + 3
+    data = _rng(14).randbytes(size)
+    unsized = _encrypt_unsized(data, key)
+    # With the real size written in, the layout and nonces are exactly those
+    # of a sized file: only the authenticated header tells them apart.
+    with pytest.raises(DecryptionError, match="authentication"):
+        _decrypt(_with_size(unsized, size), key)
+    with pytest.raises(DecryptionError, match="authentication"):
+        _range(_with_size(unsized, size), key, 0, 1)
+    for fake in (0, 1, SMALL, size - 1, size + 1, UNKNOWN_SIZE - 1):
+        _fails_everywhere(_with_size(unsized, fake), key)
+    # And the other way round: a sized file cannot be turned unsized.
+    sized = _encrypt(data, key)
+    assert sized[HEADER:] != unsized[HEADER:]
+    with pytest.raises(DecryptionError, match="authentication"):
+        _decrypt(_with_size(sized, UNKNOWN_SIZE), key)
+    with pytest.raises(DecryptionError, match="authentication"):
+        _range(_with_size(sized, UNKNOWN_SIZE), key, 0, size)
+
+
+def test_unsized_wrong_key_file_id_or_foreign_chunk_fails() -> None:
+    key = new_data_key()
+    data = _rng(15).randbytes(3 * SMALL)
+    blob = _encrypt_unsized(data, key)
+    with pytest.raises(DecryptionError):
+        _decrypt(blob, new_data_key())
+    with pytest.raises(DecryptionError):
+        _decrypt(blob, key, file_id="file-2")
+    for other in (_encrypt_unsized(data, key), _encrypt(data, key)):
+        for index in range(3):
+            mixed = _chunks(blob)
+            mixed[index] = _chunks(other)[index]
+            _fails_everywhere(blob[:HEADER] + b"".join(mixed), key)
+
+
+def test_unsized_empty_chunk_after_full_chunks_is_rejected() -> None:
+    # The writer never emits this layout (it looks ahead instead), so even
+    # correctly sealed it is refused: one plaintext, one layout.
+    key = new_data_key()
+    prefix = b"\x07" * 7
+    header = struct.pack(">4sBIQ7s", b"PDEF", 1, SMALL, UNKNOWN_SIZE, prefix)
+    aead, aad = AESGCM(key.reveal()), header + b"file-1"
+    blob = (
+        header
+        + aead.encrypt(prefix + struct.pack(">IB", 0, False), b"e" * SMALL, aad)
+        + aead.encrypt(prefix + struct.pack(">IB", 1, True), b"", aad)
+    )
+    with pytest.raises(DecryptionError, match="truncated"):
+        _decrypt(blob, key)
+    with pytest.raises(DecryptionError, match="truncated"):
+        plaintext_size(io.BytesIO(blob))
+
+
+def test_unsized_plaintext_size() -> None:
+    key = new_data_key()
+    blob = _encrypt_unsized(b"s" * (3 * SMALL + 2), key)
+    src = io.BytesIO(b"prefix" + blob)
+    src.seek(6)
+    assert plaintext_size(src) == 3 * SMALL + 2
+    assert src.tell() == 6
+    with pytest.raises(ValueError, match="size not recorded"):
+        plaintext_size(_trickle(blob))
+    with pytest.raises(DecryptionError, match="truncated"):
+        plaintext_size(io.BytesIO(blob[: HEADER + SMALL + TAG + 5]))
+
+
+def test_unsized_ranges() -> None:
+    rng = _rng(20240520)
+    key = new_data_key()
+    data = rng.randbytes(1000)
+    blob = _encrypt_unsized(data, key, chunk_size=64)
+    cases = [(0, 0), (0, 1000), (1000, 1000), (63, 65), (64, 128), (999, 1000)]
+    for _ in range(300):
+        start = rng.randrange(0, 1001)
+        cases.append((start, rng.randrange(start, 1001)))
+    for start, end in cases:
+        assert _range(blob, key, start, end) == data[start:end], (start, end)
+    with pytest.raises(ValueError, match="outside the file"):
+        decrypt_range(key, io.BytesIO(blob), 0, 1001, file_id="file-1")
+    src = io.BytesIO(b"prefix" + blob)
+    src.seek(6)
+    assert b"".join(decrypt_range(key, src, 15, 450, file_id="file-1")) == data[15:450]
+
+
+def test_unsized_range_reads_only_needed_chunks() -> None:
+    key = new_data_key()
+    chunk_size = 1024
+    data = _rng(16).randbytes(64 * chunk_size)
+    blob = _encrypt_unsized(data, key, chunk_size=chunk_size)
+    sealed = chunk_size + TAG
+    for start, end, touched in [(10, 20, 1), (len(data) - 5, len(data), 1)]:
+        src = _CountingReader(blob)
+        parts = decrypt_range(key, src, start, end, file_id="file-1")
+        assert b"".join(parts) == data[start:end]
+        # Measuring the size seeks to the end; it reads nothing.
+        assert src.bytes_read <= HEADER + touched * sealed + 1
+
+
+def test_unsized_chunk_counter_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = new_data_key()
+    four_chunks = _encrypt_unsized(b"m" * (4 * SMALL), key)
+    monkeypatch.setattr("portal.crypto._MAX_CHUNKS", 3)
+    assert _decrypt(_encrypt_unsized(b"m" * (3 * SMALL), key), key)
+    with pytest.raises(ValueError, match="too many chunks"):
+        _encrypt_unsized(b"m" * (3 * SMALL + 1), key)
+    with pytest.raises(DecryptionError, match="too many chunks"):
+        _decrypt(four_chunks, key)
+    with pytest.raises(DecryptionError, match="too many chunks"):
+        plaintext_size(io.BytesIO(four_chunks))
+
+
+def test_unsized_memory_is_flat(tmp_path: Path) -> None:
+    # 32 MiB generated in 64 KiB rows through 1 MiB chunks, never seekable;
+    # a buffering implementation would peak at 32 MiB or more.
+    key = new_data_key()
+    rows, row = 512, 64 * 1024
+    expected = hashlib.sha256(bytes(rows * row)).hexdigest()
+    path = tmp_path / "export.enc"
+    limit = 8 * 1024 * 1024
+    source = typing.cast(
+        typing.BinaryIO, _GeneratorReader(bytes(row) for _ in range(rows))
+    )
+    with path.open("wb") as dst:
+        tracemalloc.start()
+        try:
+            size = encrypt_stream(key, source, dst, file_id="big", size=UNKNOWN_SIZE)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < limit
+    assert size == rows * row
+    with path.open("rb") as encrypted:
+        assert plaintext_size(encrypted) == size
         tracemalloc.start()
         try:
             digest = _consume(decrypt_stream(key, encrypted, file_id="big"))
