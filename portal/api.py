@@ -8,10 +8,9 @@ schema, and errors rendered as
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.db import connection
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
@@ -20,6 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from portal.db import current_schema
 from portal.errors import ApplicationError
 from portal.permissions import HasCapability
 
@@ -66,8 +66,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     response = _error(code, message, details, status_code)
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         response["WWW-Authenticate"] = 'Session realm="portal"'
-    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        response["Retry-After"] = str(int(exc.wait))
+    wait = getattr(exc, "wait", None)
+    if isinstance(exc, exceptions.Throttled) and wait is not None:
+        response["Retry-After"] = str(int(wait))
     return response
 
 
@@ -92,16 +93,17 @@ class TenantApiView(APIView):
         return [cls() for cls in classes]
 
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
-        if connection.schema_name == "public":
+        if current_schema() == "public":
             raise exceptions.NotFound()
         super().initial(request, *args, **kwargs)
 
     def permission_denied(
         self, request: Request, message: str | None = None, code: str | None = None
-    ) -> None:
-        if not request.successful_authenticator or getattr(
-            request._request, "member", None
-        ) is None:
+    ) -> NoReturn:
+        if (
+            not request.successful_authenticator
+            or getattr(request._request, "member", None) is None
+        ):
             raise exceptions.NotAuthenticated()
         raise exceptions.PermissionDenied(detail=message, code=code)
 
@@ -123,16 +125,20 @@ class MeApi(TenantApiView):
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
         member = request._request.member  # type: ignore[attr-defined]
-        auth_method = request.session.get("auth_method", "password") if hasattr(
-            request, "session"
-        ) else "password"
+        auth_method = (
+            request.session.get("auth_method", "password")
+            if hasattr(request, "session")
+            else "password"
+        )
         return Response(
             self.OutputSerializer(
                 {
                     "email": member.email,
                     "name": member.name,
                     "role": member.role,
-                    "auth_method": auth_method if auth_method in ("password", "saml") else "password",
+                    "auth_method": auth_method
+                    if auth_method in ("password", "saml")
+                    else "password",
                 }
             ).data
         )
@@ -184,7 +190,7 @@ class MemberListApi(TenantApiView):
         status = serializers.CharField()
         has_seat = serializers.BooleanField()
         role = serializers.CharField()
-        source = serializers.CharField()
+        source = serializers.CharField()  # type: ignore[assignment]
         last_sign_in_at = serializers.DateTimeField(allow_null=True)
 
     @extend_schema(responses=OutputSerializer(many=True))
@@ -223,10 +229,14 @@ class AuditExportApi(TenantApiView):
         actor = serializers.CharField(required=False, max_length=200)
         action = serializers.CharField(required=False, max_length=200)
         target = serializers.CharField(required=False, max_length=200)
-        source = serializers.CharField(required=False, max_length=20)
+        source = serializers.CharField(  # type: ignore[assignment]
+            required=False, max_length=20
+        )
         request_id = serializers.CharField(required=False, max_length=64)
 
-    @extend_schema(request=InputSerializer, responses={202: JobDetailApi.OutputSerializer})
+    @extend_schema(
+        request=InputSerializer, responses={202: JobDetailApi.OutputSerializer}
+    )
     def post(self, request: Request) -> Response:
         from portal.services.audit import audit_export_request
 

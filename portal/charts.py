@@ -62,4 +62,6 @@ def bar_chart(
             )
         )
     limit_y = round(PAD + inner_h - inner_h * limit / maximum, 2) if limit else None
-    return BarChart(title=title, bars=bars, limit_y=limit_y, limit=limit, maximum=maximum)
+    return BarChart(
+        title=title, bars=bars, limit_y=limit_y, limit=limit, maximum=maximum
+    )

@@ -26,13 +26,20 @@ class TenantCommand(BaseCommand):
 
         slug = options["slug"]
         with schema_context("public"):
-            tenant = Tenant.objects.filter(slug=slug).exclude(schema_name="public").first()
+            tenant = (
+                Tenant.objects.filter(slug=slug).exclude(schema_name="public").first()
+            )
         if tenant is None:
             raise CommandError(f"No tenant with the slug {slug!r}.", returncode=1)
         if tenant.status != TenantStatus.ACTIVE:
-            raise CommandError(f"Tenant {slug!r} is not active ({tenant.status}).", returncode=1)
-        with tenant_context(tenant), context.actor_context(
-            actor_type="system", actor_label="command line", source="cli"
+            raise CommandError(
+                f"Tenant {slug!r} is not active ({tenant.status}).", returncode=1
+            )
+        with (
+            tenant_context(tenant),
+            context.actor_context(
+                actor_type="system", actor_label="command line", source="cli"
+            ),
         ):
             return self.handle_tenant(tenant, **options)
 

@@ -25,7 +25,8 @@ class ActorContext:
 
 
 _current: contextvars.ContextVar[ActorContext] = contextvars.ContextVar(
-    "portal_actor_context", default=ActorContext()  # noqa: B039
+    "portal_actor_context",
+    default=ActorContext(),  # noqa: B039
 )
 
 

@@ -13,7 +13,18 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 BOM = "\ufeff"
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_FORMULA_PREFIXES = (
+    "=",
+    "+",
+    "-",
+    "@",
+    "\t",
+    "\r",
+    "\uff1d",
+    "\uff0b",
+    "\uff0d",
+    "\uff20",
+)
 
 
 def neutralise(value: Any) -> str:

@@ -25,7 +25,7 @@ def server_uri(data_dir: Path) -> str:
     if os.geteuid() == 0:
         # pgserver runs postgres as the `pgserver` user when started by root;
         # that user must be able to reach the data directory.
-        os.chmod(pgdata.parent, 0o755)
+        os.chmod(pgdata.parent, 0o755)  # noqa: S103 - traversal only, no secrets
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     # Keep a reference for the life of the process: the server stops when
     # the last handle is released.

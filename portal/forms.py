@@ -19,7 +19,9 @@ BULK_ACTIONS = [
 
 class LoginForm(forms.Form):
     username = forms.CharField(label="Email", max_length=254)
-    password = forms.CharField(label="Password", widget=forms.PasswordInput, strip=False)
+    password = forms.CharField(
+        label="Password", widget=forms.PasswordInput, strip=False
+    )
 
 
 class MemberCreateForm(forms.Form):
@@ -37,7 +39,9 @@ class MemberEditForm(forms.Form):
     job_title = forms.CharField(max_length=200, required=False)
     department = forms.CharField(max_length=200, required=False)
     location = forms.CharField(max_length=200, required=False)
-    managed_by_edi = forms.BooleanField(required=False, label="Managed by employee data files")
+    managed_by_edi = forms.BooleanField(
+        required=False, label="Managed by employee data files"
+    )
 
 
 class RoleForm(forms.Form):
@@ -48,7 +52,8 @@ class BulkForm(forms.Form):
     action = forms.ChoiceField(choices=BULK_ACTIONS)
     ids = forms.CharField(required=False)
     scope = forms.ChoiceField(
-        choices=[("selected", "Ticked rows"), ("all", "All matching")], initial="selected"
+        choices=[("selected", "Ticked rows"), ("all", "All matching")],
+        initial="selected",
     )
     role = forms.ChoiceField(choices=Role.choices, required=False)
     group = forms.CharField(max_length=200, required=False)

@@ -9,10 +9,10 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.contrib.auth import logout
-from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
 from portal import context
+from portal.db import current_schema
 
 Handler = Callable[[HttpRequest], HttpResponse]
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9-]{8,64}$")
@@ -50,7 +50,9 @@ class HealthCheckMiddleware:
             problems = readiness()
             if problems:
                 return HttpResponse(
-                    "not ready: " + ", ".join(problems), status=503, content_type="text/plain"
+                    "not ready: " + ", ".join(problems),
+                    status=503,
+                    content_type="text/plain",
                 )
             return HttpResponse("ok", content_type="text/plain")
         return self.get_response(request)
@@ -73,7 +75,9 @@ class RequestContextMiddleware:
                 ip=client_ip(request),
                 user_agent=request.META.get("HTTP_USER_AGENT", "")[:400],
                 request_id=request_id,
-                source="api" if is_api else ("viewer" if request.path.startswith("/p/") else "web"),
+                source="api"
+                if is_api
+                else ("viewer" if request.path.startswith("/p/") else "web"),
             )
         )
         try:
@@ -112,7 +116,7 @@ class MemberMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         request.member = None  # type: ignore[attr-defined]
         user = getattr(request, "user", None)
-        if connection.schema_name != "public" and user is not None and user.is_authenticated:
+        if current_schema() != "public" and user is not None and user.is_authenticated:
             from portal.models import Member, MemberStatus
 
             member = Member.objects.filter(user=user).first()
@@ -132,7 +136,9 @@ class MemberMiddleware:
                         source=ctx.source,
                     )
                 )
-        elif connection.schema_name == "public" and user is not None and user.is_authenticated:
+        elif (
+            current_schema() == "public" and user is not None and user.is_authenticated
+        ):
             ctx = context.current()
             context.set_for_request(
                 context.ActorContext(
@@ -157,7 +163,9 @@ class ApplicationErrorMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         return self.get_response(request)
 
-    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+    def process_exception(
+        self, request: HttpRequest, exception: Exception
+    ) -> HttpResponse | None:
         from django.shortcuts import render
 
         from portal.errors import ApplicationError
@@ -165,4 +173,6 @@ class ApplicationErrorMiddleware:
         if not isinstance(exception, ApplicationError):
             return None
         template = {404: "404.html", 403: "403.html"}.get(exception.status, "400.html")
-        return render(request, template, {"message": exception.message}, status=exception.status)
+        return render(
+            request, template, {"message": exception.message}, status=exception.status
+        )

@@ -13,15 +13,16 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.views import redirect_to_login
-from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from portal.db import current_schema
 from portal.roles import can
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
 
 
 def capability_required(capability: str) -> Callable[[View], View]:
@@ -29,8 +30,10 @@ def capability_required(capability: str) -> Callable[[View], View]:
 
     def decorate(view: View) -> View:
         @functools.wraps(view)
-        def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            if connection.schema_name == "public":
+        def wrapped(
+            request: HttpRequest, *args: Any, **kwargs: Any
+        ) -> HttpResponseBase:
+            if current_schema() == "public":
                 raise Http404
             member = getattr(request, "member", None)
             if member is None:

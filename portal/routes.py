@@ -12,7 +12,11 @@ api_v1 = [
     path("me/", api.MeApi.as_view(), name="me"),
     path("jobs/<uuid:job_id>/", api.JobDetailApi.as_view(), name="job-detail-api"),
     path("members/", api.MemberListApi.as_view(), name="member-list-api"),
-    path("members/<int:member_id>/", api.MemberDetailApi.as_view(), name="member-detail-api"),
+    path(
+        "members/<int:member_id>/",
+        api.MemberDetailApi.as_view(),
+        name="member-detail-api",
+    ),
     path("audit/exports/", api.AuditExportApi.as_view(), name="audit-export-api"),
 ]
 

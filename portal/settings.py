@@ -168,14 +168,15 @@ def _database() -> dict[str, Any]:
 DATABASES = {"default": _database()}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+_VALIDATION = "django.contrib.auth.password_validation"
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": f"{_VALIDATION}.UserAttributeSimilarityValidator"},
     {
-        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "NAME": f"{_VALIDATION}.MinimumLengthValidator",
         "OPTIONS": {"min_length": 12},
     },
-    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
-    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    {"NAME": f"{_VALIDATION}.CommonPasswordValidator"},
+    {"NAME": f"{_VALIDATION}.NumericPasswordValidator"},
 ]
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
@@ -234,7 +235,9 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 PORTAL_TRUSTED_PROXIES = [
-    p.strip() for p in os.environ.get("PORTAL_TRUSTED_PROXIES", "").split(",") if p.strip()
+    p.strip()
+    for p in os.environ.get("PORTAL_TRUSTED_PROXIES", "").split(",")
+    if p.strip()
 ]
 if PORTAL_TRUSTED_PROXIES:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -283,7 +286,9 @@ else:
     EMAIL_HOST_PASSWORD = unquote(_mail.password or "")
     EMAIL_USE_TLS = _mail.scheme in {"smtp+tls", "submission"}
     EMAIL_USE_SSL = _mail.scheme == "smtps"
-DEFAULT_FROM_EMAIL = os.environ.get("PORTAL_FROM_EMAIL") or f"portal@{PORTAL_BASE_DOMAIN}"
+DEFAULT_FROM_EMAIL = (
+    os.environ.get("PORTAL_FROM_EMAIL") or f"portal@{PORTAL_BASE_DOMAIN}"
+)
 
 # Celery (TEN-8, TEN-9).
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
@@ -323,7 +328,9 @@ LOGGING: dict[str, Any] = {
     },
     "formatters": {
         "portal": {
-            "format": "%(asctime)s %(levelname)s [%(schema_name)s] %(name)s: %(message)s",
+            "format": (
+                "%(asctime)s %(levelname)s [%(schema_name)s] %(name)s: %(message)s"
+            ),
         },
     },
     "handlers": {
@@ -333,7 +340,10 @@ LOGGING: dict[str, Any] = {
             "formatter": "portal",
         },
     },
-    "root": {"handlers": ["console"], "level": os.environ.get("PORTAL_LOG_LEVEL", "INFO")},
+    "root": {
+        "handlers": ["console"],
+        "level": os.environ.get("PORTAL_LOG_LEVEL", "INFO"),
+    },
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
     },

@@ -35,7 +35,9 @@ def _run_job(job_id: str, runner_path: str) -> None:
     bind=True,
     reject_on_worker_lost=True,
 )
-def audit_export_run_task(self: TenantBoundTask, *, schema_name: str, job_id: str) -> None:
+def audit_export_run_task(
+    self: TenantBoundTask, *, schema_name: str, job_id: str
+) -> None:
     """Write an audit CSV export; redelivery rewrites the file from scratch."""
     _run_job(job_id, "portal.services.audit.audit_export_run")
 
@@ -46,7 +48,9 @@ def audit_export_run_task(self: TenantBoundTask, *, schema_name: str, job_id: st
     bind=True,
     reject_on_worker_lost=True,
 )
-def member_export_run_task(self: TenantBoundTask, *, schema_name: str, job_id: str) -> None:
+def member_export_run_task(
+    self: TenantBoundTask, *, schema_name: str, job_id: str
+) -> None:
     """Write a members CSV export too large to stream."""
     _run_job(job_id, "portal.services.member_export.member_export_run")
 
@@ -57,7 +61,9 @@ def member_export_run_task(self: TenantBoundTask, *, schema_name: str, job_id: s
     bind=True,
     reject_on_worker_lost=True,
 )
-def member_bulk_run_task(self: TenantBoundTask, *, schema_name: str, job_id: str) -> None:
+def member_bulk_run_task(
+    self: TenantBoundTask, *, schema_name: str, job_id: str
+) -> None:
     """Apply a bulk action; each row's service is idempotent."""
     _run_job(job_id, "portal.services.bulk.member_bulk_run")
 

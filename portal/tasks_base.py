@@ -13,9 +13,9 @@ import logging
 from typing import Any
 
 from celery import Task
-from django.db import connection
 from tenant_schemas_celery.task import TenantTask
 
+from portal.db import current_schema
 from portal.errors import TenantContextError
 
 logger = logging.getLogger(__name__)
@@ -28,9 +28,9 @@ def _check_tenant_context(schema_name: object) -> None:
         raise TenantContextError("Tenant task called without schema_name.")
     if schema_name == "public":
         raise TenantContextError("Tenant task called for the public schema.")
-    if connection.schema_name != schema_name:
+    if current_schema() != schema_name:
         raise TenantContextError(
-            f"Connection is on {connection.schema_name!r}, task is for {schema_name!r}."
+            f"Connection is on {current_schema()!r}, task is for {schema_name!r}."
         )
     # A fresh lookup, never a cached row: the tenant may have been retired or
     # suspended since the message was sent.
@@ -66,7 +66,7 @@ class PlatformTask(TenantTask):
     abstract = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if connection.schema_name != "public":
+        if current_schema() != "public":
             logger.error("Refused platform task %s outside public", self.name)
             return None
         return super().__call__(*args, **kwargs)

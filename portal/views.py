@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import login, logout
@@ -13,6 +12,7 @@ from django.http import (
     HttpResponseBadRequest,
     StreamingHttpResponse,
 )
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -42,6 +42,8 @@ from portal.services.auth import login_attempt, login_unlock
 from portal.services.bulk import member_bulk_request
 from portal.services.exports import export_open
 from portal.services.member_export import member_export_request, member_export_stream
+
+MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
 def _member(request: HttpRequest) -> Member:
@@ -79,7 +81,7 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 status = 400
             else:
                 request.session["auth_method"] = "password"
-                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                login(request, user, backend=MODEL_BACKEND)  # type: ignore[arg-type]
                 return redirect(next_url)
         else:
             status = 400
@@ -102,7 +104,12 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     return render(
         request,
         "403.html",
-        {"message": "The form expired or came from another site. Reload the page and try again."},
+        {
+            "message": (
+                "The form expired or came from another site. "
+                "Reload the page and try again."
+            )
+        },
         status=403,
     )
 
@@ -131,14 +138,16 @@ def member_list_view(request: HttpRequest) -> HttpResponse:
             "choices": member_filter_choices(),
             "roles": Role.choices,
             "seats": seat_summary(),
-            "bulk_form": BulkForm(initial={"idempotency_key": secrets.token_urlsafe(16)}),
+            "bulk_form": BulkForm(
+                initial={"idempotency_key": secrets.token_urlsafe(16)}
+            ),
             "can_edit": can(member, "members.edit"),
         },
     )
 
 
 @capability_required("members.view")
-def member_export_view(request: HttpRequest) -> HttpResponse:
+def member_export_view(request: HttpRequest) -> HttpResponseBase:
     filters = MemberFilters.from_query(request.GET)
     lines = member_export_stream(actor=_member(request), filters=filters)
     if lines is None:
@@ -193,7 +202,9 @@ def member_create_view(request: HttpRequest) -> HttpResponse:
     form = MemberCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            created = member_services.member_create(actor=_member(request), **form.cleaned_data)
+            created = member_services.member_create(
+                actor=_member(request), **form.cleaned_data
+            )
         except ApplicationError as exc:
             form.add_error(None, exc.message)
         else:
@@ -212,14 +223,23 @@ def member_detail_view(request: HttpRequest, member_id: int) -> HttpResponse:
     actor = _member(request)
     target = _member_or_404(member_id)
     may_edit = may_manage_member(actor, target)
-    initial = {field: getattr(target, field) for field in member_services.EDITABLE_FIELDS}
+    initial = {
+        field: getattr(target, field) for field in member_services.EDITABLE_FIELDS
+    }
     form = MemberEditForm(request.POST or None, initial=initial)
     if request.method == "POST":
         if not may_edit:
-            return render(request, "403.html", {"message": "You cannot edit this member."}, status=403)
+            return render(
+                request,
+                "403.html",
+                {"message": "You cannot edit this member."},
+                status=403,
+            )
         if form.is_valid():
             try:
-                member_services.member_update(member=target, actor=actor, **form.cleaned_data)
+                member_services.member_update(
+                    member=target, actor=actor, **form.cleaned_data
+                )
             except ApplicationError as exc:
                 form.add_error(None, exc.message)
             else:
@@ -233,18 +253,28 @@ def member_detail_view(request: HttpRequest, member_id: int) -> HttpResponse:
             "form": form,
             "role_form": RoleForm(initial={"role": target.role}),
             "may_edit": may_edit,
-            "may_change_role": can(actor, "members.change_role") and actor.pk != target.pk,
+            "may_change_role": can(actor, "members.change_role")
+            and actor.pk != target.pk,
             "groups": list(target.groups.all()),
         },
     )
 
 
-MEMBER_ACTIONS = ("grant_seat", "revoke_seat", "deactivate", "reactivate", "role", "unlock")
+MEMBER_ACTIONS = (
+    "grant_seat",
+    "revoke_seat",
+    "deactivate",
+    "reactivate",
+    "role",
+    "unlock",
+)
 
 
 @capability_required("members.edit")
 @require_POST
-def member_action_view(request: HttpRequest, member_id: int, action: str) -> HttpResponse:
+def member_action_view(
+    request: HttpRequest, member_id: int, action: str
+) -> HttpResponse:
     actor = _member(request)
     target = _member_or_404(member_id)
     if action not in MEMBER_ACTIONS:
@@ -314,15 +344,17 @@ def job_detail_view(request: HttpRequest, job_id: str) -> HttpResponse:
 
 
 @capability_required("jobs.view")
-def job_download_view(request: HttpRequest, job_id: str) -> HttpResponse:
+def job_download_view(request: HttpRequest, job_id: str) -> HttpResponseBase:
     filename, chunks = export_open(job_id=job_id, actor=_member(request))
     response = StreamingHttpResponse(chunks, content_type="text/csv; charset=utf-8")
-    safe_name = "".join(ch for ch in filename if ch.isalnum() or ch in "-_.") or "export.csv"
+    safe_name = (
+        "".join(ch for ch in filename if ch.isalnum() or ch in "-_.") or "export.csv"
+    )
     response["Content-Disposition"] = f'attachment; filename="{safe_name}"'
     return response
 
 
-def not_found_view(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def not_found_view(
+    request: HttpRequest, exception: Exception | None = None
+) -> HttpResponse:
     return render(request, "404.html", status=404)
-
-

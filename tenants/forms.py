@@ -6,10 +6,14 @@ from django import forms
 
 
 class TenantCreateForm(forms.Form):
-    slug = forms.CharField(max_length=40, help_text="Lowercase letters, digits, hyphens.")
+    slug = forms.CharField(
+        max_length=40, help_text="Lowercase letters, digits, hyphens."
+    )
     name = forms.CharField(max_length=200)
     owner_email = forms.EmailField()
-    domain = forms.CharField(max_length=253, required=False, help_text="Optional extra host.")
+    domain = forms.CharField(
+        max_length=253, required=False, help_text="Optional extra host."
+    )
     seat_limit = forms.IntegerField(min_value=0, required=False)
 
 

@@ -8,12 +8,12 @@ PointDrive links with 404, so outside viewers learn nothing.
 
 from __future__ import annotations
 
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from django.template.loader import render_to_string
 from django_tenants.middleware.main import TenantMainMiddleware
 from django_tenants.utils import remove_www
 
+from portal.db import use_public_schema
 from tenants.models import TenantStatus
 
 _BLOCKED_MESSAGES = {
@@ -38,7 +38,9 @@ class PortalTenantMiddleware(TenantMainMiddleware):
 
     def no_tenant_found(self, request: HttpRequest, hostname: str) -> HttpResponse:
         return HttpResponseNotFound(
-            render_to_string("plain.html", {"title": "Not found", "message": "Not found."}),
+            render_to_string(
+                "plain.html", {"title": "Not found", "message": "Not found."}
+            ),
         )
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
@@ -51,14 +53,18 @@ class PortalTenantMiddleware(TenantMainMiddleware):
             return None
         if request.path.startswith("/p/"):
             return HttpResponseNotFound(
-                render_to_string("plain.html", {"title": "Not found", "message": "Not found."})
+                render_to_string(
+                    "plain.html", {"title": "Not found", "message": "Not found."}
+                )
             )
         message = _BLOCKED_MESSAGES.get(status)
         if message is None:
             # Provisioning or template tenants are not served at all.
-            connection.set_schema_to_public()
+            use_public_schema()
             return self.no_tenant_found(request, "")
         return HttpResponse(
-            render_to_string("plain.html", {"title": "Unavailable", "message": message}),
+            render_to_string(
+                "plain.html", {"title": "Unavailable", "message": message}
+            ),
             status=403,
         )

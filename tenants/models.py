@@ -100,7 +100,9 @@ class PlatformAuditEvent(models.Model):
     source = models.CharField(max_length=10, choices=Source.choices)
 
     class Meta:
-        indexes = [models.Index(fields=["-occurred_at", "-id"], name="platform_audit_keyset")]
+        indexes = [
+            models.Index(fields=["-occurred_at", "-id"], name="platform_audit_keyset")
+        ]
 
     def __str__(self) -> str:
         return f"{self.occurred_at:%Y-%m-%d %H:%M} {self.action}"

@@ -27,7 +27,9 @@ from portal.services.registry import audit_exempt, audits
 from tenants.models import Domain, PlatformAuditEvent, Tenant, TenantStatus
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
-RESERVED_SLUGS = frozenset({"www", "public", "api", "admin", "static", "media", "template"})
+RESERVED_SLUGS = frozenset(
+    {"www", "public", "api", "admin", "static", "media", "template"}
+)
 HOST_RE = re.compile(
     r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$"
 )
@@ -161,7 +163,10 @@ def public_tenant_ensure() -> Tenant:
         tenant = Tenant.objects.filter(schema_name="public").first()
         if tenant is None:
             tenant = Tenant(
-                schema_name="public", slug="public", name="Platform", status=TenantStatus.PUBLIC
+                schema_name="public",
+                slug="public",
+                name="Platform",
+                status=TenantStatus.PUBLIC,
             )
             tenant.save()
         domain = settings.PORTAL_BASE_DOMAIN
@@ -208,7 +213,9 @@ def tenant_provision(
             details={"owner_email": ["Invalid email."]},
         ) from None
     if seat_limit is not None and seat_limit < 0:
-        raise ApplicationError("The seat limit cannot be negative.", code="invalid_seat_limit")
+        raise ApplicationError(
+            "The seat limit cannot be negative.", code="invalid_seat_limit"
+        )
     if owner_password is not None:
         try:
             validate_password(owner_password)
@@ -275,7 +282,8 @@ def tenant_provision(
 def _schema_exists(schema_name: str) -> bool:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", [schema_name]
+            "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
+            [schema_name],
         )
         return cursor.fetchone() is not None
 
@@ -298,7 +306,11 @@ def _schema_create(tenant: Tenant, *, resume: bool) -> None:
 
 def _tenant_for_update(tenant_id: int) -> Tenant:
     tenant = Tenant.objects.select_for_update().filter(pk=tenant_id).first()
-    if tenant is None or tenant.schema_name in ("public",) or tenant.status == "template":
+    if (
+        tenant is None
+        or tenant.schema_name in ("public",)
+        or tenant.status == "template"
+    ):
         raise NotFound("Tenant not found.")
     return tenant
 
@@ -309,10 +321,14 @@ def tenant_suspend(*, tenant_id: int, reason: str) -> Tenant:
     """Suspend: pages answer 403, APIs, SSO, SFTP, tokens and tasks refused."""
     tenant = _tenant_for_update(tenant_id)
     if tenant.status != TenantStatus.ACTIVE:
-        raise ApplicationError(f"Only an active tenant can be suspended ({tenant.status}).")
+        raise ApplicationError(
+            f"Only an active tenant can be suspended ({tenant.status})."
+        )
     tenant.status = TenantStatus.SUSPENDED
     tenant.save(update_fields=["status", "updated_at"])
-    platform_audit_record(action="tenant.suspended", tenant=tenant, changes={"reason": reason})
+    platform_audit_record(
+        action="tenant.suspended", tenant=tenant, changes={"reason": reason}
+    )
     return tenant
 
 
@@ -321,7 +337,9 @@ def tenant_suspend(*, tenant_id: int, reason: str) -> Tenant:
 def tenant_resume(*, tenant_id: int) -> Tenant:
     tenant = _tenant_for_update(tenant_id)
     if tenant.status != TenantStatus.SUSPENDED:
-        raise ApplicationError(f"Only a suspended tenant can be resumed ({tenant.status}).")
+        raise ApplicationError(
+            f"Only a suspended tenant can be resumed ({tenant.status})."
+        )
     tenant.status = TenantStatus.ACTIVE
     tenant.save(update_fields=["status", "updated_at"])
     platform_audit_record(action="tenant.resumed", tenant=tenant)
@@ -374,7 +392,10 @@ def tenant_retire_request(
     platform_audit_record(
         action="tenant.retire_requested",
         tenant=tenant,
-        changes={"reason": tenant.retire_reason, "purge_after": tenant.purge_after.isoformat()},
+        changes={
+            "reason": tenant.retire_reason,
+            "purge_after": tenant.purge_after.isoformat(),
+        },
     )
     return tenant
 

@@ -42,7 +42,9 @@ def operator_required(view: View) -> View:
         if not user.is_authenticated:
             return redirect_to_login(request.get_full_path())
         if not user.is_staff:
-            return render(request, "403.html", {"message": "Operators only."}, status=403)
+            return render(
+                request, "403.html", {"message": "Operators only."}, status=403
+            )
         return view(request, *args, **kwargs)
 
     wrapped.required_capability = "platform.operator"  # type: ignore[attr-defined]
@@ -61,7 +63,9 @@ def console_login_view(request: HttpRequest) -> HttpResponse:
         if user is not None and user.is_staff:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             platform_audit_record(
-                action="platform.operator.signed_in", target_type="operator", target_id=str(user.pk)
+                action="platform.operator.signed_in",
+                target_type="operator",
+                target_id=str(user.pk),
             )
             return redirect("console:tenant-list")
         platform_audit_record(
@@ -143,7 +147,9 @@ def tenant_detail_view(request: HttpRequest, tenant_id: int) -> HttpResponse:
 
 @operator_required
 @require_POST
-def tenant_action_view(request: HttpRequest, tenant_id: int, action: str) -> HttpResponse:
+def tenant_action_view(
+    request: HttpRequest, tenant_id: int, action: str
+) -> HttpResponse:
     tenant = _tenant(tenant_id)
     try:
         if action == "suspend":
@@ -154,21 +160,25 @@ def tenant_action_view(request: HttpRequest, tenant_id: int, action: str) -> Htt
         elif action == "resume":
             tenant_resume(tenant_id=tenant.pk)
         elif action == "retire":
-            form = RetireForm(request.POST)
-            if not form.is_valid():
+            retire_form = RetireForm(request.POST)
+            if not retire_form.is_valid():
                 raise ApplicationError("Type the slug and give a reason.")
             tenant_retire_request(
                 tenant_id=tenant.pk,
-                reason=form.cleaned_data["reason"],
-                confirm_slug=form.cleaned_data["confirm_slug"],
+                reason=retire_form.cleaned_data["reason"],
+                confirm_slug=retire_form.cleaned_data["confirm_slug"],
             )
         elif action == "cancel-retire":
             tenant_retire_cancel(tenant_id=tenant.pk)
         elif action == "seat-limit":
-            form = SeatLimitForm(request.POST)
-            if not form.is_valid():
-                raise ApplicationError("Enter a whole number, or leave it empty for no limit.")
-            tenant_seat_limit_set(tenant_id=tenant.pk, seat_limit=form.cleaned_data["seat_limit"])
+            seat_form = SeatLimitForm(request.POST)
+            if not seat_form.is_valid():
+                raise ApplicationError(
+                    "Enter a whole number, or leave it empty for no limit."
+                )
+            tenant_seat_limit_set(
+                tenant_id=tenant.pk, seat_limit=seat_form.cleaned_data["seat_limit"]
+            )
         else:
             raise NotFound("Unknown action.")
     except ApplicationError as exc:

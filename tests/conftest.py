@@ -49,7 +49,7 @@ def _ensure_tenant(slug: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> None:
     """Create the two shared tenants once; --reuse-db keeps them."""
     with django_db_blocker.unblock():
         from tenants.services import public_tenant_ensure
@@ -58,7 +58,6 @@ def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> Iterator[No
         _ensure_tenant(TENANT_SLUG)
         _ensure_tenant(OTHER_SLUG)
         connection.set_schema_to_public()
-    yield
 
 
 def _get_tenant(slug: str) -> Tenant:
@@ -85,7 +84,9 @@ def make_member(tenant: Tenant) -> MemberMaker:
     """Create a member (with a password login) in a tenant (default: tenant)."""
     from tests.factories import member_with_login
 
-    def make(role: str = Role.MEMBER, *, in_tenant: Tenant | None = None, **kw: Any) -> Member:
+    def make(
+        role: str = Role.MEMBER, *, in_tenant: Tenant | None = None, **kw: Any
+    ) -> Member:
         with tenant_context(in_tenant or tenant):
             return member_with_login(role=role, **kw)
 
@@ -190,6 +191,8 @@ def drop_tenant_now(tenant_id: int) -> None:
             return
         with connection.cursor() as cursor:
             cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
-        shutil.rmtree(Path(settings.MEDIA_ROOT) / tenant.schema_name, ignore_errors=True)
+        shutil.rmtree(
+            Path(settings.MEDIA_ROOT) / tenant.schema_name, ignore_errors=True
+        )
         tenant.domains.all().delete()
         Tenant.objects.filter(pk=tenant_id).delete()

@@ -45,5 +45,7 @@ def member_with_login(role: str = Role.MEMBER, **kw: Any) -> Member:
     """A member with a Django user and the password TEST_PASSWORD."""
     n = next(_counter)
     email = kw.pop("email", f"{role}{n}-{id(kw)}@example.test")
-    user = User.objects.create_user(username=email.lower(), email=email, password=TEST_PASSWORD)
+    user = User.objects.create_user(
+        username=email.lower(), email=email, password=TEST_PASSWORD
+    )
     return MemberFactory(email=email, role=role, user=user, **kw)

@@ -28,7 +28,9 @@ class AuditEvent(models.Model):
             models.Index(fields=["action", "-occurred_at"], name="portal_audit_action"),
             models.Index(fields=["request_id"], name="portal_audit_request"),
             models.Index(fields=["actor_type", "actor_id"], name="portal_audit_actor"),
-            models.Index(fields=["target_type", "target_id"], name="portal_audit_target"),
+            models.Index(
+                fields=["target_type", "target_id"], name="portal_audit_target"
+            ),
         ]
 
     def __str__(self) -> str:

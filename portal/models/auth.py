@@ -12,7 +12,9 @@ class LoginFailure(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["username", "-occurred_at"], name="portal_loginfail_user"),
+            models.Index(
+                fields=["username", "-occurred_at"], name="portal_loginfail_user"
+            ),
             models.Index(fields=["ip", "-occurred_at"], name="portal_loginfail_ip"),
         ]
 

@@ -22,7 +22,9 @@ class Job(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=60)
-    status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    status = models.CharField(
+        max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED
+    )
     progress_done = models.PositiveBigIntegerField(default=0)
     progress_total = models.PositiveBigIntegerField(null=True, blank=True)
     message = models.CharField(max_length=500, blank=True, default="")
@@ -31,7 +33,11 @@ class Job(models.Model):
     error = models.TextField(max_length=4096, blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
     requester = models.ForeignKey(
-        "portal.Member", null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+        "portal.Member",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
     )
     idempotency_key = models.CharField(max_length=200, blank=True, default="")
     params = models.JSONField(default=dict, blank=True)

@@ -27,7 +27,9 @@ class DataKey(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["purpose", "version"], name="portal_datakey_uniq"),
+            models.UniqueConstraint(
+                fields=["purpose", "version"], name="portal_datakey_uniq"
+            ),
             models.UniqueConstraint(
                 fields=["purpose"],
                 condition=Q(state="active"),

@@ -99,7 +99,9 @@ class Member(models.Model):
         # where the server has the extension (the embedded dev server does
         # not ship it).
         constraints = [
-            models.UniqueConstraint(Lower("email"), name="portal_member_email_lower_uniq"),
+            models.UniqueConstraint(
+                Lower("email"), name="portal_member_email_lower_uniq"
+            ),
             models.UniqueConstraint(
                 fields=["employee_id"],
                 condition=~Q(employee_id=""),
@@ -142,7 +144,9 @@ class SeatPool(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [models.CheckConstraint(condition=Q(id=1), name="portal_seatpool_single")]
+        constraints = [
+            models.CheckConstraint(condition=Q(id=1), name="portal_seatpool_single")
+        ]
 
     def __str__(self) -> str:
         return f"seats (limit {self.limit})"

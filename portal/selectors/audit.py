@@ -12,7 +12,15 @@ from django.utils.dateparse import parse_date
 from portal.models import AuditEvent
 from portal.selectors.pagination import Page, decode_cursor, encode_cursor
 
-AUDIT_FILTER_KEYS = ("since", "until", "actor", "action", "target", "source", "request_id")
+AUDIT_FILTER_KEYS = (
+    "since",
+    "until",
+    "actor",
+    "action",
+    "target",
+    "source",
+    "request_id",
+)
 PAGE_SIZE = 50
 
 
@@ -57,11 +65,21 @@ def audit_event_list(*, filters: dict[str, str]) -> QuerySet[AuditEvent]:
     return events.order_by("-occurred_at", "-id")
 
 
-def audit_event_page(*, filters: dict[str, str], cursor: str | None = None) -> Page[AuditEvent]:
+def _parse_moment(value: object) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def audit_event_page(
+    *, filters: dict[str, str], cursor: str | None = None
+) -> Page[AuditEvent]:
     events = audit_event_list(filters=filters)
     after = decode_cursor(cursor)
     if after and len(after) == 2:
-        moment = timezone.datetime.fromisoformat(str(after[0])) if after[0] else None
+        moment = _parse_moment(after[0])
         if moment is not None and isinstance(after[1], int):
             events = events.filter(
                 Q(occurred_at__lt=moment) | Q(occurred_at=moment, id__lt=after[1])

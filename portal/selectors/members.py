@@ -6,7 +6,7 @@ import dataclasses
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from portal.errors import NotFound
@@ -100,13 +100,19 @@ def member_list(
         .prefetch_related("groups")
         .order_by("-pk")[: page_size + 1]
     )
-    next_cursor = encode_cursor([rows[page_size - 1].pk]) if len(rows) > page_size else None
+    next_cursor = (
+        encode_cursor([rows[page_size - 1].pk]) if len(rows) > page_size else None
+    )
     return Page(items=rows[:page_size], next_cursor=next_cursor)
 
 
 def member_ids_matching(*, filters: MemberFilters, limit: int = 1_000_000) -> list[int]:
     """Freeze "all N matching" to ids at submit time (PORTAL-07)."""
-    return list(member_queryset(filters=filters).order_by("pk").values_list("pk", flat=True)[:limit])
+    return list(
+        member_queryset(filters=filters)
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    )
 
 
 def member_count(*, filters: MemberFilters) -> int:
@@ -210,5 +216,3 @@ def member_export_rows(*, filters: MemberFilters) -> Any:
             member.source,
             member.last_sign_in_at.isoformat() if member.last_sign_in_at else "",
         ]
-
-

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from portal import context
+from portal.db import current_schema
 from portal.errors import ApplicationError, TenantContextError
 from portal.models import AuditEvent, Job
 from portal.services.registry import audit_exempt, audits
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
     from portal.models import Member
 
 MAX_CHANGES_BYTES = 8 * 1024
-SECRET_FIELDS = frozenset({"password", "secret", "token", "private_key", "client_secret"})
+SECRET_FIELDS = frozenset(
+    {"password", "secret", "token", "private_key", "client_secret"}
+)
 
 
 def _scrub_changes(changes: dict[str, Any] | None) -> dict[str, Any]:
@@ -59,14 +62,18 @@ def audit_event_record(
     event. Actor, IP, user agent, request id and source come from
     `portal.context` unless `actor` names a member. Refuses the public schema.
     """
-    if connection.schema_name == "public":
+    if current_schema() == "public":
         raise TenantContextError("The tenant audit log is not in the public schema.")
     ctx = context.current()
     target_type, target_id, label = _target_fields(target)
     if actor is not None:
         actor_type, actor_id, actor_label = "member", str(actor.pk), actor.email
     else:
-        actor_type, actor_id, actor_label = ctx.actor_type, ctx.actor_id, ctx.actor_label
+        actor_type, actor_id, actor_label = (
+            ctx.actor_type,
+            ctx.actor_id,
+            ctx.actor_label,
+        )
     event = AuditEvent(
         occurred_at=timezone.now(),
         actor_type=actor_type,
@@ -120,7 +127,8 @@ def audit_export_request(
     unknown = set(filters) - set(AUDIT_FILTER_KEYS)
     if unknown:
         raise ApplicationError(
-            "Unknown audit filter.", details={key: ["Unknown filter."] for key in unknown}
+            "Unknown audit filter.",
+            details={key: ["Unknown filter."] for key in unknown},
         )
     job = job_create(
         kind="audit_export",

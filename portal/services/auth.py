@@ -41,8 +41,7 @@ def login_is_locked(*, username: str, ip: str | None) -> bool:
     if failures.filter(username=username).count() >= settings.PORTAL_LOGIN_MAX_FAILURES:
         return True
     return bool(
-        ip
-        and failures.filter(ip=ip).count() >= settings.PORTAL_LOGIN_IP_MAX_FAILURES
+        ip and failures.filter(ip=ip).count() >= settings.PORTAL_LOGIN_IP_MAX_FAILURES
     )
 
 
@@ -64,19 +63,27 @@ def login_attempt(
     member = Member.objects.filter(user=user).first() if user is not None else None
     if user is None or member is None or member.status == MemberStatus.DEACTIVATED:
         with transaction.atomic():
-            LoginFailure.objects.create(username=username, ip=ip, occurred_at=timezone.now())
+            LoginFailure.objects.create(
+                username=username, ip=ip, occurred_at=timezone.now()
+            )
             audit_event_record(
-                action="portal.login.failed", target=member, changes={"username": username}
+                action="portal.login.failed",
+                target=member,
+                changes={"username": username},
             )
             if login_is_locked(username=username, ip=ip):
                 audit_event_record(
-                    action="portal.login.locked", target=member, changes={"username": username}
+                    action="portal.login.locked",
+                    target=member,
+                    changes={"username": username},
                 )
         raise LoginRefused(GENERIC_LOGIN_ERROR)
     policy_error = login_policy_check(member=member, method="password")
     if policy_error:
         audit_event_record(
-            action="portal.login.failed", target=member, changes={"reason": policy_error}
+            action="portal.login.failed",
+            target=member,
+            changes={"reason": policy_error},
         )
         raise LoginRefused(policy_error)
     with transaction.atomic():
@@ -118,7 +125,9 @@ def login_unlock(*, member: Member, actor: Member) -> int:
 
 
 @audit_exempt("signal handler; the sign-in itself is audited")
-def session_index_on_login(sender: Any, request: HttpRequest, user: Any, **kwargs: Any) -> None:
+def session_index_on_login(
+    sender: Any, request: HttpRequest, user: Any, **kwargs: Any
+) -> None:
     """Remember which session belongs to which member (to end them later)."""
     member = Member.objects.filter(user=user).first()
     if member is None or not request.session.session_key:

@@ -54,7 +54,10 @@ def _validate(action: str, params: dict[str, Any]) -> None:
         raise ApplicationError("Unknown bulk action.", details={"action": ["Unknown."]})
     if action == "change_role" and params.get("role") not in Role.values:
         raise ApplicationError("Choose a role.", details={"role": ["Choose a role."]})
-    if action in ("add_group", "remove_group") and not str(params.get("group", "")).strip():
+    if (
+        action in ("add_group", "remove_group")
+        and not str(params.get("group", "")).strip()
+    ):
         raise ApplicationError("Enter a group name.", details={"group": ["Required."]})
 
 
@@ -86,7 +89,9 @@ def member_bulk_request(
                 details={"confirm": ["Type the slug to confirm."]},
             )
     if len(member_ids) <= SYNC_LIMIT:
-        return member_bulk_apply(actor=actor, action=action, member_ids=member_ids, params=params)
+        return member_bulk_apply(
+            actor=actor, action=action, member_ids=member_ids, params=params
+        )
     with transaction.atomic():
         job = job_create(
             kind="member_bulk",
@@ -105,7 +110,9 @@ def member_bulk_request(
     return BulkOutcome(job=job)
 
 
-def _skip_reason(actor: Member, member: Member, action: str, params: dict[str, Any]) -> str:
+def _skip_reason(
+    actor: Member, member: Member, action: str, params: dict[str, Any]
+) -> str:
     if not may_manage_member(actor, member):
         return "Your role cannot change this member."
     if action == "change_role":
@@ -168,7 +175,9 @@ def member_bulk_iter(
             if action == "revoke_seat":
                 member_services.seat_revoke(member_ids=[member.pk], actor=actor)
             elif action == "deactivate":
-                member_services.member_deactivate(member=member, actor=actor, reason="bulk")
+                member_services.member_deactivate(
+                    member=member, actor=actor, reason="bulk"
+                )
             elif action == "reactivate":
                 member_services.member_reactivate(member=member, actor=actor)
             elif action == "change_role":
@@ -203,10 +212,14 @@ def member_bulk_run(*, job: Job) -> None:
     emails = dict(Member.objects.filter(pk__in=member_ids).values_list("pk", "email"))
     results: list[list[Any]] = []
     for index, (member_id, error) in enumerate(
-        member_bulk_iter(actor=actor, action=action, member_ids=member_ids, params=params),
+        member_bulk_iter(
+            actor=actor, action=action, member_ids=member_ids, params=params
+        ),
         start=1,
     ):
-        results.append([member_id, emails.get(member_id, ""), "skipped" if error else "ok", error])
+        results.append(
+            [member_id, emails.get(member_id, ""), "skipped" if error else "ok", error]
+        )
         if index % 100 == 0:
             job_progress(job=job, done=index, total=len(member_ids))
     job.kind = "member_bulk"

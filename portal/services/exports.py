@@ -128,5 +128,3 @@ def export_expire() -> int:
             path.unlink()
             removed += 1
     return removed
-
-

@@ -8,9 +8,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from celery import Task
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from portal.db import current_schema
 from portal.errors import ApplicationError
 from portal.models import Job, JobStatus
 from portal.services.registry import audit_exempt, audits
@@ -79,9 +80,11 @@ def job_create(
             job.save()
     except IntegrityError:
         # A concurrent request with the same key won the race.
-        return Job.objects.get(requester=actor, kind=kind, idempotency_key=idempotency_key)
+        return Job.objects.get(
+            requester=actor, kind=kind, idempotency_key=idempotency_key
+        )
     if task is not None:
-        schema_name = connection.schema_name
+        schema_name = current_schema()
         job_id = str(job.pk)
         transaction.on_commit(
             lambda: enqueue_for_tenant(task, schema_name=schema_name, job_id=job_id)
@@ -165,7 +168,9 @@ def job_succeed(*, job: Job, result: dict[str, Any], message: str = "") -> None:
     job.save(
         update_fields=["status", "result", "message", "finished_at", "progress_done"]
     )
-    audit_event_record(action="portal.job.succeeded", target=job, changes={"kind": job.kind})
+    audit_event_record(
+        action="portal.job.succeeded", target=job, changes={"kind": job.kind}
+    )
 
 
 @audits("portal.job.failed")
@@ -180,7 +185,9 @@ def job_fail(*, job_id: str, error: str) -> None:
         job.error = error[:MAX_ERROR_CHARS]
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "error", "finished_at"])
-        audit_event_record(action="portal.job.failed", target=job, changes={"kind": job.kind})
+        audit_event_record(
+            action="portal.job.failed", target=job, changes={"kind": job.kind}
+        )
 
 
 @audits("portal.job.cancelled")
@@ -207,7 +214,7 @@ def job_reap_stale(*, tasks_by_kind: dict[str, Task]) -> list[str]:
     """
     now = timezone.now()
     requeued: list[str] = []
-    schema_name = connection.schema_name
+    schema_name = current_schema()
     for job in Job.objects.filter(status=JobStatus.RUNNING):
         stale_after = STALE_AFTER.get(job.kind, DEFAULT_STALE_AFTER)
         if job.heartbeat_at and now - job.heartbeat_at < stale_after:

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from portal import crypto
 from portal.crypto import KeyDestroyed, MasterKey, SecretBytes
+from portal.db import current_schema
 from portal.errors import TenantContextError
 from portal.models import DataKey, DataKeyState
 from portal.services.registry import audit_exempt, audits
@@ -40,7 +41,7 @@ def master_keys() -> list[MasterKey]:
 
 
 def _schema() -> str:
-    schema = connection.schema_name
+    schema = current_schema()
     if schema == "public":
         raise TenantContextError("The keyring works only in a tenant schema.")
     return schema
@@ -105,7 +106,9 @@ def _create_key(*, purpose: str, schema: str) -> DataKey:
         connection.cursor().execute(
             "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"keyring:{purpose}"]
         )
-        existing = DataKey.objects.filter(purpose=purpose, state=DataKeyState.ACTIVE).first()
+        existing = DataKey.objects.filter(
+            purpose=purpose, state=DataKeyState.ACTIVE
+        ).first()
         if existing is not None:
             return existing
         last = DataKey.objects.filter(purpose=purpose).order_by("-version").first()
@@ -157,7 +160,9 @@ def keyring_encrypt(*, purpose: str, plaintext: bytes, aad: bytes) -> bytes:
 def keyring_decrypt(*, purpose: str, blob: bytes, aad: bytes) -> bytes:
     """Decrypt a field value; `KeyDestroyed` if its key was shredded."""
     version = crypto.field_version(blob)
-    return crypto.decrypt_field(keyring_key(purpose=purpose, version=version), blob, aad=aad)
+    return crypto.decrypt_field(
+        keyring_key(purpose=purpose, version=version), blob, aad=aad
+    )
 
 
 _FILE_PREFIX = struct.Struct(">4sIH")  # magic, key version, wrapped-key length
@@ -181,11 +186,26 @@ def keyring_file_store(*, purpose: str, file_id: str, src: BinaryIO, path: Path)
     with open(tmp, "wb") as dst:
         dst.write(_FILE_PREFIX.pack(_FILE_MAGIC, version, len(wrapped)))
         dst.write(wrapped)
-        size = crypto.encrypt_stream(file_key, src, dst, file_id=file_id)
+        size = crypto.encrypt_stream(
+            file_key, src, dst, file_id=file_id, size=_source_size(src)
+        )
         dst.flush()
         os.fsync(dst.fileno())
     os.replace(tmp, path)
     return size
+
+
+def _source_size(src: BinaryIO) -> int:
+    """The source's remaining size, or UNKNOWN_SIZE for a generator stream."""
+    try:
+        if src.seekable():
+            here = src.tell()
+            end = src.seek(0, os.SEEK_END)
+            src.seek(here)
+            return end - here
+    except (OSError, ValueError):
+        pass
+    return crypto.UNKNOWN_SIZE
 
 
 def keyring_file_open(*, purpose: str, file_id: str, path: Path) -> Iterator[bytes]:
@@ -196,7 +216,9 @@ def keyring_file_open(*, purpose: str, file_id: str, path: Path) -> Iterator[byt
             raise crypto.DecryptionError("Not a keyring file.")
         purpose_key = keyring_key(purpose=purpose, version=version)
         file_key = crypto.unwrap_key(
-            crypto.MasterKey(id="file", key=purpose_key), src.read(length), aad=file_id.encode()
+            crypto.MasterKey(id="file", key=purpose_key),
+            src.read(length),
+            aad=file_id.encode(),
         )
         yield from crypto.decrypt_stream(file_key, src, file_id=file_id)
 
@@ -271,7 +293,9 @@ def keyring_rewrap() -> int:
     schema = _schema()
     newest = master_keys()[0]
     moved = 0
-    for row in DataKey.objects.select_for_update().exclude(state=DataKeyState.DESTROYED):
+    for row in DataKey.objects.select_for_update().exclude(
+        state=DataKeyState.DESTROYED
+    ):
         if row.master_key_id == newest.id:
             continue
         key = _unwrap(row, schema)
@@ -283,7 +307,8 @@ def keyring_rewrap() -> int:
         moved += 1
     if moved:
         audit_event_record(
-            action="portal.keyring.rewrapped", changes={"keys": moved, "master": newest.id}
+            action="portal.keyring.rewrapped",
+            changes={"keys": moved, "master": newest.id},
         )
     return moved
 

@@ -21,7 +21,9 @@ STREAM_LIMIT = 10_000
 
 
 @audits("portal.member.exported")
-def member_export_stream(*, actor: Member, filters: MemberFilters) -> Iterator[str] | None:
+def member_export_stream(
+    *, actor: Member, filters: MemberFilters
+) -> Iterator[str] | None:
     """CSV lines for the filter when ≤ 10,000 rows, else None (use a job)."""
     count = member_count(filters=filters)
     if count > STREAM_LIMIT:

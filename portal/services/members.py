@@ -18,7 +18,14 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from portal.errors import ApplicationError, PermissionDenied
-from portal.models import Member, MemberGroup, MemberSession, MemberSource, MemberStatus, SeatPool
+from portal.models import (
+    Member,
+    MemberGroup,
+    MemberSession,
+    MemberSource,
+    MemberStatus,
+    SeatPool,
+)
 from portal.roles import Role, can, may_assign_role, may_manage_member
 from portal.services.audit import audit_event_record
 from portal.services.registry import audit_exempt, audits
@@ -47,7 +54,8 @@ def _normalise_email(email: str) -> str:
         validate_email(email)
     except ValidationError:
         raise ApplicationError(
-            "Enter a valid email address.", details={"email": ["Enter a valid email address."]}
+            "Enter a valid email address.",
+            details={"email": ["Enter a valid email address."]},
         ) from None
     local, _, domain = email.rpartition("@")
     return f"{local}@{domain.lower()}"
@@ -147,7 +155,8 @@ def member_create(
             member.save()
     except IntegrityError:
         raise ApplicationError(
-            "A member with this email or employee id already exists.", code="email_taken"
+            "A member with this email or employee id already exists.",
+            code="email_taken",
         ) from None
     if grant_seat:
         _check_seats(seat_pool_lock(), 1)
@@ -225,14 +234,18 @@ def member_role_set(*, member: Member, role: str, actor: Member | None) -> Membe
         raise ApplicationError("Unknown role.", details={"role": ["Unknown role."]})
     _lock_owners()
     member = Member.objects.select_for_update().get(pk=member.pk)
-    if member.role == role:
-        return member
+    # The actor's right is checked before the no-op shortcut, so a role that
+    # may not change roles is refused even when nothing would change.
     if actor is not None:
         reason = may_assign_role(actor, member, role)
         if reason:
             raise PermissionDenied(reason)
-    elif Role.OWNER in (member.role, role):
-        raise PermissionDenied("Owners are changed only by owners.", code="owner_protected")
+    if member.role == role:
+        return member
+    if actor is None and Role.OWNER in (member.role, role):
+        raise PermissionDenied(
+            "Owners are changed only by owners.", code="owner_protected"
+        )
     if member.role == Role.OWNER and _active_owner_count(exclude_pk=member.pk) == 0:
         raise ApplicationError(
             "The last owner cannot be demoted. Make someone else an owner first.",
@@ -252,7 +265,9 @@ def member_role_set(*, member: Member, role: str, actor: Member | None) -> Membe
 
 @audits("portal.member.deactivated")
 @transaction.atomic
-def member_deactivate(*, member: Member, actor: Member | None, reason: str = "") -> Member:
+def member_deactivate(
+    *, member: Member, actor: Member | None, reason: str = ""
+) -> Member:
     """Deactivate: free the seat, end every session, audit (PORTAL-09).
 
     The row is kept. The last active owner cannot be deactivated. Other
@@ -267,14 +282,22 @@ def member_deactivate(*, member: Member, actor: Member | None, reason: str = "")
     if member.status == MemberStatus.DEACTIVATED:
         return member
     if member.role == Role.OWNER and _active_owner_count(exclude_pk=member.pk) == 0:
-        raise ApplicationError("The last owner cannot be deactivated.", code="last_owner")
+        raise ApplicationError(
+            "The last owner cannot be deactivated.", code="last_owner"
+        )
     had_seat = member.has_seat
     member.status = MemberStatus.DEACTIVATED
     member.has_seat = False
     member.seat_granted_at = None
     member.deactivated_at = timezone.now()
     member.save(
-        update_fields=["status", "has_seat", "seat_granted_at", "deactivated_at", "updated_at"]
+        update_fields=[
+            "status",
+            "has_seat",
+            "seat_granted_at",
+            "deactivated_at",
+            "updated_at",
+        ]
     )
     ended = member_sessions_end(member=member)
     for hook in MEMBER_DEACTIVATION_HOOKS:
@@ -283,7 +306,11 @@ def member_deactivate(*, member: Member, actor: Member | None, reason: str = "")
         action="portal.member.deactivated",
         target=member,
         actor=actor,
-        changes={"seat_freed": had_seat, "sessions_ended": ended, "reason": reason[:200]},
+        changes={
+            "seat_freed": had_seat,
+            "sessions_ended": ended,
+            "reason": reason[:200],
+        },
     )
     return member
 
@@ -309,7 +336,11 @@ def member_reactivate(*, member: Member, actor: Member | None) -> Member:
 @audit_exempt("part of deactivation, which audits")
 def member_sessions_end(*, member: Member) -> int:
     """Delete every session of `member` (its open browsers sign out)."""
-    keys = list(MemberSession.objects.filter(member=member).values_list("session_key", flat=True))
+    keys = list(
+        MemberSession.objects.filter(member=member).values_list(
+            "session_key", flat=True
+        )
+    )
     Session.objects.filter(session_key__in=keys).delete()
     MemberSession.objects.filter(member=member).delete()
     return len(keys)
@@ -440,7 +471,9 @@ def member_owner_ensure(*, email: str, password: str) -> Member:
 
 @audits("portal.member.password_set")
 @transaction.atomic
-def member_password_set(*, member: Member, password: str, actor: Member | None) -> Member:
+def member_password_set(
+    *, member: Member, password: str, actor: Member | None
+) -> Member:
     """Give a member a local password (validated by Django's validators)."""
     from django.contrib.auth.password_validation import validate_password
 
@@ -460,7 +493,10 @@ def member_password_set(*, member: Member, password: str, actor: Member | None) 
         member.user = user
         member.save(update_fields=["user", "updated_at"])
     audit_event_record(
-        action="portal.member.password_set", target=member, actor=actor, changes={"password": 1}
+        action="portal.member.password_set",
+        target=member,
+        actor=actor,
+        changes={"password": 1},
     )
     return member
 

@@ -58,7 +58,11 @@ class Command(BaseCommand):
         secret_file = Path(settings.PORTAL_DATA_DIR) / "demo-owner.json"
         with schema_context("public"):
             tenant = Tenant.objects.filter(slug=DEMO_SLUG).first()
-        if tenant is None or tenant.status == "provisioning" or not secret_file.exists():
+        if (
+            tenant is None
+            or tenant.status == "provisioning"
+            or not secret_file.exists()
+        ):
             self.stderr.write("Creating the demo tenant acme…")
             if tenant is not None and tenant.status != "provisioning":
                 # The tenant exists but its saved login is gone: reset it.
@@ -100,11 +104,22 @@ class Command(BaseCommand):
         }
         if not options["no_worker"]:
             commands["worker"] = [
-                str(bin_dir / "celery"), "-A", "portal", "worker",
-                "--loglevel", "INFO", "--concurrency", "2",
+                str(bin_dir / "celery"),
+                "-A",
+                "portal",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "2",
             ]
             commands["beat"] = [
-                str(bin_dir / "celery"), "-A", "portal", "beat", "--loglevel", "INFO",
+                str(bin_dir / "celery"),
+                "-A",
+                "portal",
+                "beat",
+                "--loglevel",
+                "INFO",
             ]
         processes = {
             name: subprocess.Popen(cmd, env=env, start_new_session=True)  # noqa: S603
@@ -133,7 +148,9 @@ class Command(BaseCommand):
             while not stopping:
                 for name, proc in processes.items():
                     if proc.poll() is not None:
-                        self.stderr.write(f"{name} exited ({proc.returncode}); stopping.")
+                        self.stderr.write(
+                            f"{name} exited ({proc.returncode}); stopping."
+                        )
                         stopping = True
                 time.sleep(0.5)
         finally:
