@@ -12,7 +12,8 @@ from typing import Any, NoReturn
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
@@ -79,6 +80,16 @@ class PortalSessionAuthentication(SessionAuthentication):
         return 'Session realm="portal"'
 
 
+class PortalSessionScheme(OpenApiAuthenticationExtension):  # type: ignore[misc]
+    """Describes the session cookie in the OpenAPI document."""
+
+    target_class = "portal.api.PortalSessionAuthentication"
+    name = "sessionCookie"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "apiKey", "in": "cookie", "name": "sessionid"}
+
+
 # Other apps (EDI tokens) add token authentication classes here.
 TOKEN_AUTHENTICATION_CLASSES: list[type] = []
 
@@ -116,6 +127,7 @@ class MeApi(TenantApiView):
 
     required_capability = "api.me"
 
+    @extend_schema_serializer(component_name="Me")
     class OutputSerializer(serializers.Serializer):
         email = serializers.EmailField()
         name = serializers.CharField()
@@ -149,6 +161,7 @@ class JobDetailApi(TenantApiView):
 
     required_capability = "jobs.view"
 
+    @extend_schema_serializer(component_name="Job")
     class OutputSerializer(serializers.Serializer):
         id = serializers.UUIDField()
         kind = serializers.CharField()
@@ -181,6 +194,7 @@ class MemberListApi(TenantApiView):
 
     required_capability = "members.view"
 
+    @extend_schema_serializer(component_name="Member")
     class OutputSerializer(serializers.Serializer):
         id = serializers.IntegerField()
         email = serializers.EmailField()
@@ -223,6 +237,7 @@ class AuditExportApi(TenantApiView):
 
     required_capability = "audit.view"
 
+    @extend_schema_serializer(component_name="AuditExportRequest")
     class InputSerializer(serializers.Serializer):
         since = serializers.DateField(required=False)
         until = serializers.DateField(required=False)

@@ -318,6 +318,20 @@ CELERY_TASK_TIME_LIMIT = 4 * 60 * 60
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 5 * 60
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE: dict[str, Any] = {
+    "tenants.purge_due": {"task": "tenants.purge_due", "schedule": 6 * 60 * 60},
+    "tenants.health_refresh": {"task": "tenants.health_refresh", "schedule": 15 * 60},
+    "portal.jobs_reap (all tenants)": {
+        "task": "portal.fan_out",
+        "schedule": 5 * 60,
+        "kwargs": {"task_name": "portal.jobs_reap"},
+    },
+    "portal.daily_upkeep (all tenants)": {
+        "task": "portal.fan_out",
+        "schedule": 24 * 60 * 60,
+        "kwargs": {"task_name": "portal.daily_upkeep"},
+    },
+}
 CELERY_TASK_ALWAYS_EAGER = _env_bool("PORTAL_CELERY_EAGER")
 
 LOGGING: dict[str, Any] = {

@@ -14,6 +14,7 @@ def _run_job(job_id: str, runner_path: str) -> None:
     """Claim the job, run its service, record failure; safe to redeliver."""
     from django.utils.module_loading import import_string
 
+    from portal import context
     from portal.services.jobs import JobCancelled, job_fail, job_start
 
     job = job_start(job_id=job_id)
@@ -21,7 +22,9 @@ def _run_job(job_id: str, runner_path: str) -> None:
         return
     runner = import_string(runner_path)
     try:
-        runner(job=job)
+        # Events written by the job carry the request that started it.
+        with context.actor_context(request_id=job.request_id, source="celery"):
+            runner(job=job)
     except JobCancelled:
         logger.info("Job %s cancelled", job_id)
     except Exception as exc:

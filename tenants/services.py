@@ -42,10 +42,12 @@ def _noop(_: str) -> None:
     return None
 
 
+@audit_exempt("pure: derives a name")
 def schema_for_slug(slug: str) -> str:
     return "t_" + slug.replace("-", "_")
 
 
+@audit_exempt("read: builds a URL")
 def tenant_origin(tenant: Tenant) -> str:
     """The tenant's canonical origin, built from settings, never headers."""
     domain = (
@@ -96,6 +98,7 @@ def platform_audit_record(
     return event
 
 
+@audit_exempt("pure: validation")
 def validate_slug(slug: str) -> str:
     slug = (slug or "").strip()
     if not SLUG_RE.match(slug):
@@ -114,6 +117,7 @@ def validate_slug(slug: str) -> str:
     return slug
 
 
+@audit_exempt("read: validation")
 def validate_domain(host: str, *, tenant: Tenant | None = None) -> str:
     host = (host or "").strip().lower().rstrip(".")
     if not HOST_RE.match(host) or host.replace(".", "").isdigit():
@@ -397,7 +401,46 @@ def tenant_retire_request(
             "purge_after": tenant.purge_after.isoformat(),
         },
     )
+    recipients = _owner_emails(tenant)
+    purge_after = tenant.purge_after
+    name = tenant.name
+    transaction.on_commit(
+        lambda: _send_retirement_notice(recipients, name=name, purge_after=purge_after)
+    )
     return tenant
+
+
+def _owner_emails(tenant: Tenant) -> list[str]:
+    from portal.models import Member, MemberStatus
+    from portal.roles import Role
+
+    with tenant_context(tenant):
+        return list(
+            Member.objects.filter(
+                role=Role.OWNER, status=MemberStatus.ACTIVE
+            ).values_list("email", flat=True)
+        )
+
+
+def _send_retirement_notice(
+    recipients: list[str], *, name: str, purge_after: Any
+) -> None:
+    from django.core.mail import send_mail
+
+    if not recipients:
+        return
+    send_mail(
+        subject=f"{name}: your portal is scheduled for deletion",
+        message=(
+            f"The portal of {name} has been retired by the platform operators and is "
+            f"now offline. Its data will be permanently deleted after "
+            f"{purge_after:%Y-%m-%d %H:%M} UTC. If this is a mistake, contact your "
+            "account team before then: the retirement can still be cancelled."
+        ),
+        from_email=None,
+        recipient_list=recipients,
+        fail_silently=True,
+    )
 
 
 @audits("tenant.retire_cancelled")
@@ -493,7 +536,60 @@ def tenant_purge_due() -> list[str]:
     return purged
 
 
+@audit_exempt("read")
 def tenant_list_active() -> list[Tenant]:
     """Active tenants, for loops that enter each in turn (TEN-14)."""
     with schema_context("public"):
         return list(Tenant.objects.filter(status=TenantStatus.ACTIVE).order_by("pk"))
+
+
+@audit_exempt("writes a derived summary, not a change anyone made")
+def tenant_health_refresh_all() -> int:
+    """Recompute each live tenant's health summary into `Tenant.health`.
+
+    PORTAL-26: the console reads the summary from the public row, so its list
+    costs the same number of queries however many tenants there are. A
+    failed job in the last 24 hours, or a running job without a heartbeat
+    for 15 minutes, marks the tenant degraded.
+    """
+    with schema_context("public"):
+        tenant_ids = list(
+            Tenant.objects.filter(
+                status__in=[TenantStatus.ACTIVE, TenantStatus.SUSPENDED]
+            ).values_list("pk", flat=True)
+        )
+    for tenant_id in tenant_ids:
+        with schema_context("public"):
+            tenant = Tenant.objects.filter(pk=tenant_id).first()
+        if tenant is None:
+            continue
+        with tenant_context(tenant):
+            summary = _health_summary()
+        with schema_context("public"):
+            Tenant.objects.filter(pk=tenant_id).update(health=summary)
+    return len(tenant_ids)
+
+
+def _health_summary() -> dict[str, Any]:
+    from portal.models import DataKey, Job, JobStatus, Member
+    from portal.selectors.members import seat_summary
+
+    now = timezone.now()
+    seats = seat_summary()
+    failed = Job.objects.filter(
+        status=JobStatus.FAILED, finished_at__gte=now - timedelta(hours=24)
+    ).count()
+    stalled = Job.objects.filter(
+        status=JobStatus.RUNNING, heartbeat_at__lt=now - timedelta(minutes=15)
+    ).count()
+    oldest_key = DataKey.objects.filter(state="active").order_by("created_at").first()
+    return {
+        "state": "degraded" if failed or stalled else "healthy",
+        "members": Member.objects.count(),
+        "seats_used": seats.used,
+        "seat_limit": seats.limit,
+        "failed_jobs_24h": failed,
+        "stalled_jobs": stalled,
+        "oldest_key_days": (now - oldest_key.created_at).days if oldest_key else None,
+        "checked_at": now.isoformat(),
+    }

@@ -149,6 +149,8 @@ class SeatPool(models.Model):
         ]
 
     def __str__(self) -> str:
+        if self.limit is None:
+            return "seats (no limit)"
         return f"seats (limit {self.limit})"
 
 

@@ -129,6 +129,10 @@ def session_index_on_login(
     sender: Any, request: HttpRequest, user: Any, **kwargs: Any
 ) -> None:
     """Remember which session belongs to which member (to end them later)."""
+    from portal.db import current_schema
+
+    if current_schema() == "public":
+        return  # an operator signing in to the console: public has no members
     member = Member.objects.filter(user=user).first()
     if member is None or not request.session.session_key:
         return

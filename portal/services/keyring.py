@@ -36,6 +36,7 @@ _cache: dict[tuple[str, str, int], tuple[float, SecretBytes]] = {}
 _cache_lock = threading.Lock()
 
 
+@audit_exempt("read: parses settings")
 def master_keys() -> list[MasterKey]:
     return crypto.parse_master_keys(settings.PORTAL_MASTER_KEY)
 
@@ -78,6 +79,7 @@ def _remember(schema: str, purpose: str, version: int, key: SecretBytes) -> None
         _cache[(schema, purpose, version)] = (time.monotonic() + CACHE_SECONDS, key)
 
 
+@audit_exempt("clears process memory only")
 def keyring_forget() -> None:
     """Drop every unwrapped key from this process's memory."""
     with _cache_lock:
@@ -133,6 +135,7 @@ def _store_new_key(*, purpose: str, version: int, schema: str) -> DataKey:
     return row
 
 
+@audit_exempt("read: unwraps an existing key")
 def keyring_key(*, purpose: str, version: int) -> SecretBytes:
     """Return a specific key version; raises `KeyDestroyed` once shredded."""
     schema = _schema()
@@ -147,16 +150,19 @@ def keyring_key(*, purpose: str, version: int) -> SecretBytes:
     return key
 
 
+@audit_exempt("pure: builds associated data")
 def field_aad(*, table: str, column: str, pk: object) -> bytes:
     return f"{_schema()}|{table}|{column}|{pk}".encode()
 
 
+@audit_exempt("encrypts bytes for a caller that audits its write")
 def keyring_encrypt(*, purpose: str, plaintext: bytes, aad: bytes) -> bytes:
     """Encrypt a field value under the purpose's active key."""
     version, key = keyring_active_key(purpose=purpose)
     return crypto.encrypt_field(key, version, plaintext, aad=aad)
 
 
+@audit_exempt("read: decrypts bytes")
 def keyring_decrypt(*, purpose: str, blob: bytes, aad: bytes) -> bytes:
     """Decrypt a field value; `KeyDestroyed` if its key was shredded."""
     version = crypto.field_version(blob)
@@ -169,6 +175,7 @@ _FILE_PREFIX = struct.Struct(">4sIH")  # magic, key version, wrapped-key length
 _FILE_MAGIC = b"PKF1"
 
 
+@audit_exempt("writes a file for a caller that audits its write")
 def keyring_file_store(*, purpose: str, file_id: str, src: BinaryIO, path: Path) -> int:
     """Encrypt `src` into `path` with a fresh per-file key; return its size.
 
@@ -208,6 +215,7 @@ def _source_size(src: BinaryIO) -> int:
     return crypto.UNKNOWN_SIZE
 
 
+@audit_exempt("read: decrypts a file")
 def keyring_file_open(*, purpose: str, file_id: str, path: Path) -> Iterator[bytes]:
     """Yield the verified plaintext of a file written by `keyring_file_store`."""
     with open(path, "rb") as src:
@@ -313,6 +321,7 @@ def keyring_rewrap() -> int:
     return moved
 
 
+@audit_exempt("read: verification")
 def keyring_canary_ok(*, purpose: str, version: int) -> bool:
     """True when the key still decrypts its canary (False once destroyed)."""
     row = DataKey.objects.filter(purpose=purpose, version=version).first()
