@@ -41,13 +41,8 @@ class Command(BaseCommand):
         self._serve(options, login)
 
     def _migrate(self) -> None:
-        from tenants.services import public_tenant_ensure
-
-        self.stderr.write("Migrating the public schema…")
-        call_command("migrate_schemas", shared=True, interactive=False, verbosity=0)
-        public_tenant_ensure()
-        self.stderr.write("Migrating tenant schemas…")
-        call_command("migrate_schemas", tenant=True, interactive=False, verbosity=0)
+        self.stderr.write("Migrating…")
+        call_command("migrate_portal")
         call_command("collectstatic", interactive=False, verbosity=0)
 
     def _demo_tenant(self) -> dict[str, str]:
