@@ -64,6 +64,11 @@ class Job(models.Model):
         return f"{self.kind} {self.status}"
 
     @property
+    def kind_label(self) -> str:
+        """`audit_export` → "Audit export", for headings and lists."""
+        return self.kind.replace("_", " ").capitalize()
+
+    @property
     def is_active(self) -> bool:
         return self.status in self.ACTIVE
 

@@ -36,9 +36,15 @@ class Card:
 def _seats_card() -> Card:
     summary = seat_summary()
     since = timezone.localdate() - timedelta(days=90)
-    history = list(
-        SeatSnapshot.objects.filter(day__gte=since).values_list("day", "used", "limit")
-    )
+    today = timezone.localdate()
+    history = [
+        (day, used)
+        for day, used in SeatSnapshot.objects.filter(day__gte=since, day__lt=today)
+        .order_by("day")
+        .values_list("day", "used")
+    ]
+    # Today's bar is the live figure; snapshots keep the past days.
+    history.append((today, summary.used))
     return Card(
         "seats",
         "Seats",
@@ -48,7 +54,7 @@ def _seats_card() -> Card:
             "available": summary.available,
             "chart": bar_chart(
                 title="Seats used per day, last 90 days",
-                points=[(day, used) for day, used, _ in history],
+                points=history,
                 limit=summary.limit,
             ),
             "members": Member.objects.count(),

@@ -40,7 +40,13 @@
           message.textContent = job.message ? " — " + job.message : "";
           if (job.status === "succeeded") {
             bar.value = 100;
-            if (job.download_url) { download.hidden = false; }
+            if (job.download_url) {
+              var link = download.querySelector('[data-field="download"]');
+              if (link && job.result && job.result.filename) {
+                link.textContent = "Download " + job.result.filename;
+              }
+              download.hidden = false;
+            }
           }
           if (job.status === "queued" || job.status === "running") {
             window.setTimeout(tick, 1000);
