@@ -296,12 +296,14 @@ _BROKER_DIR = PORTAL_DATA_DIR / "broker"
 CELERY_VISIBILITY_TIMEOUT = 6 * 60 * 60
 if CELERY_BROKER_URL.startswith("filesystem:"):
     # kombu's filesystem transport needs its folders to exist.
-    for _folder in ("queue", "processed"):
+    for _folder in ("queue", "processed", "control"):
         (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
         "data_folder_in": str(_BROKER_DIR / "queue"),
         "data_folder_out": str(_BROKER_DIR / "queue"),
         "processed_folder": str(_BROKER_DIR / "processed"),
+        # Exchange tables; kombu's default is ./control in the working dir.
+        "control_folder": str(_BROKER_DIR / "control"),
         "store_processed": False,
     }
 else:

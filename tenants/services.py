@@ -518,6 +518,8 @@ def _cache_purge(schema_name: str) -> None:
     elif isinstance(client, dict):
         for key in [k for k in client if str(k).startswith(f"{schema_name}:")]:
             client.pop(key, None)
+            # LocMemCache.get() raises KeyError if the expiry entry outlives the value.
+            getattr(cache, "_expire_info", {}).pop(key, None)
 
 
 @audit_exempt("dispatcher; each purge audits")

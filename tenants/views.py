@@ -19,6 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from portal.errors import ApplicationError, NotFound
 from portal.forms import LoginForm
+from portal.permissions import public_view
 from tenants.forms import ReasonForm, RetireForm, SeatLimitForm, TenantCreateForm
 from tenants.models import PlatformAuditEvent, Tenant, TenantStatus
 from tenants.services import (
@@ -51,6 +52,7 @@ def operator_required(view: View) -> View:
     return wrapped
 
 
+@public_view("operators sign in here")
 @require_http_methods(["GET", "POST"])
 def console_login_view(request: HttpRequest) -> HttpResponse:
     form = LoginForm(request.POST or None)
@@ -76,6 +78,7 @@ def console_login_view(request: HttpRequest) -> HttpResponse:
     return render(request, "tenants/login.html", {"form": form})
 
 
+@public_view("signing out needs no capability")
 @require_http_methods(["GET", "POST"])
 def console_logout_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":

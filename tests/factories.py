@@ -48,4 +48,4 @@ def member_with_login(role: str = Role.MEMBER, **kw: Any) -> Member:
     user = User.objects.create_user(
         username=email.lower(), email=email, password=TEST_PASSWORD
     )
-    return MemberFactory(email=email, role=role, user=user, **kw)
+    return MemberFactory.create(email=email, role=role, user=user, **kw)

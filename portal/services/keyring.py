@@ -242,7 +242,8 @@ def keyring_rotate(*, purpose: str) -> DataKey:
     from portal.services.audit import audit_event_record
 
     schema = _schema()
-    DataKey.objects.select_for_update().filter(purpose=purpose)
+    # Evaluate the queryset: an unevaluated select_for_update locks nothing.
+    list(DataKey.objects.select_for_update().filter(purpose=purpose))
     current = DataKey.objects.filter(purpose=purpose, state=DataKeyState.ACTIVE).first()
     if current is not None:
         current.state = DataKeyState.RETIRED
