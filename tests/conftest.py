@@ -166,18 +166,25 @@ def committed_tenant(django_db_setup: Any, django_db_blocker: Any) -> Iterator[T
 
     slug = "c" + uuid.uuid4().hex[:10]
     with django_db_blocker.unblock():
-        result = tenant_provision(
-            slug=slug,
-            name="Committed Ltd",
-            owner_email=f"owner@{slug}.test",
-            owner_password=OWNER_PASSWORD,
-        )
-        connection.set_schema_to_public()
         try:
+            result = tenant_provision(
+                slug=slug,
+                name="Committed Ltd",
+                owner_email=f"owner@{slug}.test",
+                owner_password=OWNER_PASSWORD,
+            )
+            connection.set_schema_to_public()
             yield result.tenant
         finally:
             connection.set_schema_to_public()
-            drop_tenant_now(result.tenant.pk)
+            with schema_context("public"):
+                tenant_id = (
+                    Tenant.objects.filter(slug=slug)
+                    .values_list("pk", flat=True)
+                    .first()
+                )
+            if tenant_id is not None:
+                drop_tenant_now(tenant_id)
 
 
 def drop_tenant_now(tenant_id: int) -> None:
