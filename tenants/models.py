@@ -33,6 +33,8 @@ class Tenant(TenantMixin):
     seat_limit = models.PositiveIntegerField(null=True, blank=True)
     purge_after = models.DateTimeField(null=True, blank=True)
     retire_reason = models.CharField(max_length=500, blank=True, default="")
+    # Cancelling a retirement returns the tenant to the state it had.
+    suspended_before_retirement = models.BooleanField(default=False)
     health = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -389,10 +389,19 @@ def tenant_retire_request(
         raise ApplicationError("Give a reason.", details={"reason": ["Required."]})
     if tenant.status not in (TenantStatus.ACTIVE, TenantStatus.SUSPENDED):
         raise ApplicationError(f"This tenant cannot be retired ({tenant.status}).")
+    tenant.suspended_before_retirement = tenant.status == TenantStatus.SUSPENDED
     tenant.status = TenantStatus.PENDING_DELETION
     tenant.purge_after = timezone.now() + grace
     tenant.retire_reason = reason.strip()[:500]
-    tenant.save(update_fields=["status", "purge_after", "retire_reason", "updated_at"])
+    tenant.save(
+        update_fields=[
+            "status",
+            "purge_after",
+            "retire_reason",
+            "suspended_before_retirement",
+            "updated_at",
+        ]
+    )
     platform_audit_record(
         action="tenant.retire_requested",
         tenant=tenant,
@@ -449,10 +458,18 @@ def tenant_retire_cancel(*, tenant_id: int) -> Tenant:
     tenant = _tenant_for_update(tenant_id)
     if tenant.status != TenantStatus.PENDING_DELETION:
         raise ApplicationError("This tenant is not scheduled for deletion.")
-    tenant.status = TenantStatus.ACTIVE
+    tenant.status = (
+        TenantStatus.SUSPENDED
+        if tenant.suspended_before_retirement
+        else TenantStatus.ACTIVE
+    )
     tenant.purge_after = None
     tenant.save(update_fields=["status", "purge_after", "updated_at"])
-    platform_audit_record(action="tenant.retire_cancelled", tenant=tenant)
+    platform_audit_record(
+        action="tenant.retire_cancelled",
+        tenant=tenant,
+        changes={"status": tenant.status},
+    )
     return tenant
 
 

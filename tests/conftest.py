@@ -19,6 +19,7 @@ from django.db import connection
 from django.test import Client
 from django_tenants.utils import schema_context, tenant_context
 
+from portal.db import use_public_schema
 from portal.models import Member
 from portal.roles import Role
 from tenants.models import Tenant
@@ -57,7 +58,7 @@ def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> None:
         public_tenant_ensure()
         _ensure_tenant(TENANT_SLUG)
         _ensure_tenant(OTHER_SLUG)
-        connection.set_schema_to_public()
+        use_public_schema()
 
 
 def _get_tenant(slug: str) -> Tenant:
@@ -68,7 +69,7 @@ def _get_tenant(slug: str) -> Tenant:
 @pytest.fixture
 def tenant(db: None) -> Iterator[Tenant]:
     yield _get_tenant(TENANT_SLUG)
-    connection.set_schema_to_public()
+    use_public_schema()
 
 
 @pytest.fixture
@@ -173,10 +174,10 @@ def committed_tenant(django_db_setup: Any, django_db_blocker: Any) -> Iterator[T
                 owner_email=f"owner@{slug}.test",
                 owner_password=OWNER_PASSWORD,
             )
-            connection.set_schema_to_public()
+            use_public_schema()
             yield result.tenant
         finally:
-            connection.set_schema_to_public()
+            use_public_schema()
             with schema_context("public"):
                 tenant_id = (
                     Tenant.objects.filter(slug=slug)

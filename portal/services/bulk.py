@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 SYNC_LIMIT = 200
+CHECKPOINT_EVERY = 100
 CONFIRM_COUNT = 50
 CONFIRM_SHARE = 0.10
 ACTIONS = (
@@ -210,18 +211,41 @@ def member_bulk_run(*, job: Job) -> None:
     member_ids = [int(i) for i in job.params["member_ids"]]
     params = dict(job.params.get("params", {}))
     emails = dict(Member.objects.filter(pk__in=member_ids).values_list("pk", "email"))
-    results: list[list[Any]] = []
-    for index, (member_id, error) in enumerate(
-        member_bulk_iter(
-            actor=actor, action=action, member_ids=member_ids, params=params
-        ),
-        start=1,
-    ):
-        results.append(
-            [member_id, emails.get(member_id, ""), "skipped" if error else "ok", error]
+    # Resume after the last checkpoint: ids before it are done, and their
+    # skip reasons were saved with it. A batch cut short by a crash is
+    # redone, which the member services make harmless (each is idempotent).
+    done = int(job.checkpoint.get("index", 0))
+    skipped: dict[str, str] = dict(job.checkpoint.get("skipped", {}))
+    remaining = member_ids[done:]
+    if action == "grant_seat":
+        batches = [remaining]  # seat grants are whole or nothing
+    else:
+        batches = [
+            remaining[i : i + CHECKPOINT_EVERY]
+            for i in range(0, len(remaining), CHECKPOINT_EVERY)
+        ]
+    for batch in batches:
+        for member_id, error in member_bulk_iter(
+            actor=actor, action=action, member_ids=batch, params=params
+        ):
+            if error:
+                skipped[str(member_id)] = error
+        done += len(batch)
+        job_progress(
+            job=job,
+            done=done,
+            total=len(member_ids),
+            checkpoint={"index": done, "skipped": skipped},
         )
-        if index % 100 == 0:
-            job_progress(job=job, done=index, total=len(member_ids))
+    results: list[list[Any]] = [
+        [
+            member_id,
+            emails.get(member_id, ""),
+            "skipped" if str(member_id) in skipped else "ok",
+            skipped.get(str(member_id), ""),
+        ]
+        for member_id in member_ids
+    ]
     job.kind = "member_bulk"
     export_write(
         job=job,

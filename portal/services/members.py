@@ -415,7 +415,11 @@ def seat_limit_set(*, limit: int | None) -> SeatPool:
 def member_groups_change(
     *, member_ids: Iterable[int], group_name: str, add: bool, actor: Member | None
 ) -> int:
-    """Add or remove one group on several members; creates the group if new."""
+    """Add or remove one group on several members; creates the group if new.
+
+    Idempotent: members already in (or out of) the group are left alone and
+    get no audit event. Returns how many members changed.
+    """
     name = group_name.strip()
     if not name or len(name) > 200:
         raise ApplicationError("Enter a group name (at most 200 characters).")
@@ -427,18 +431,27 @@ def member_groups_change(
         if not add:
             return 0
         group = MemberGroup.objects.create(name=name)
+    already = set(
+        group.members.filter(pk__in=[m.pk for m in members]).values_list(
+            "pk", flat=True
+        )
+    )
+    changed = 0
     for member in members:
+        if (member.pk in already) == add:
+            continue
         if add:
             member.groups.add(group)
         else:
             member.groups.remove(group)
+        changed += 1
         audit_event_record(
             action="portal.member.groups_changed",
             target=member,
             actor=actor,
             changes={"added" if add else "removed": group.name},
         )
-    return len(members)
+    return changed
 
 
 @audits("portal.member.owner_created")

@@ -289,3 +289,19 @@ def test_cache_purge_removes_only_the_schema_keys(backend, settings):
     with schema_context(kept):
         assert cache.get_many(["a", "b"]) == {"a": 1, "b": 2}
         cache.delete_many(["a", "b"])
+
+
+def test_cancelling_retirement_of_a_suspended_tenant_keeps_it_suspended(tenant):
+    from tenants.models import Tenant, TenantStatus
+    from tenants.services import (
+        tenant_retire_cancel,
+        tenant_retire_request,
+        tenant_suspend,
+    )
+
+    tenant_suspend(tenant_id=tenant.pk, reason="unpaid invoice")
+    tenant_retire_request(
+        tenant_id=tenant.pk, reason="contract ended", confirm_slug=tenant.slug
+    )
+    tenant_retire_cancel(tenant_id=tenant.pk)
+    assert Tenant.objects.get(pk=tenant.pk).status == TenantStatus.SUSPENDED
