@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.contrib.staticfiles.handlers import StaticFilesHandler
-from django.db import connection
 from django.test.testcases import LiveServerThread
 
+from portal.db import use_public_schema
 from tests.conftest import ci_requires
 
 CHROMIUM = "/usr/bin/chromium"
@@ -61,7 +61,7 @@ def live_server_thread(committed_tenant: Any) -> Iterator[LiveServer]:
     schema is dropped. pytest-django's `live_server` is not used: it
     flushes with TRUNCATE, which the append-only audit trigger refuses.
     """
-    connection.set_schema_to_public()
+    use_public_schema()
     thread = LiveServerThread("127.0.0.1", StaticFilesHandler)
     thread.daemon = True
     thread.start()

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
 from django_tenants.utils import tenant_context
 
+from portal.db import use_public_schema
 from portal.selectors.members import MEMBER_EXPORT_COLUMNS
 from portal.services.demo import demo_members_seed
 from tests.conftest import OWNER_PASSWORD
@@ -46,7 +46,7 @@ def owner_site(committed_tenant: Any, live_server_thread: LiveServer) -> Site:
     slug = committed_tenant.slug
     with tenant_context(committed_tenant):
         demo_members_seed(count=SEEDED, domain=f"{slug}.test")
-    connection.set_schema_to_public()
+    use_public_schema()
     return Site(
         host=f"{slug}.localhost",
         owner_email=f"owner@{slug}.test",

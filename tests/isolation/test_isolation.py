@@ -66,7 +66,7 @@ def foreign(tenant, other_tenant) -> Iterator[Foreign]:
     """A member and a finished export in other_tenant, ids free in tenant."""
     other_owner = _owner(other_tenant)
     with tenant_context(other_tenant):
-        AuditEventFactory(target_label=f"{MARKER}-foreign-event")
+        AuditEventFactory.create(target_label=f"{MARKER}-foreign-event")
         job = _finished_export(other_owner)
     # Ids repeat across schemas: take a member id that tenant does not use.
     for attempt in range(ID_ATTEMPTS):
@@ -132,7 +132,7 @@ def _send(client: Client, method: str, path: str, data: dict):
 @pytest.fixture
 def own_member(tenant) -> Member:
     with tenant_context(tenant):
-        AuditEventFactory(target_label=f"{MARKER}-own-event")
+        AuditEventFactory.create(target_label=f"{MARKER}-own-event")
         return MemberFactory.create(email=f"own.{MARKER}@tenant-only.test")
 
 

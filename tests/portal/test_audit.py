@@ -50,7 +50,7 @@ def _service_modules() -> list[ModuleType]:
 
 
 def _public_functions(module: ModuleType) -> list[tuple[str, object]]:
-    found = []
+    found: list[tuple[str, object]] = []
     for name, obj in vars(module).items():
         if name.startswith("_") or not inspect.isfunction(obj):
             continue
@@ -202,7 +202,7 @@ def test_password_set_event_never_holds_the_password(tenant, tenant_owner, make_
 )
 def test_raw_sql_cannot_change_the_audit_log(tenant, statement):
     with tenant_context(tenant):
-        event = AuditEventFactory(action="test.append_only.checked")
+        event = AuditEventFactory.create(action="test.append_only.checked")
         params = [event.pk] if "%s" in statement else []
         with connection.cursor() as cursor:
             # A savepoint, so the refused statement does not poison the test.
@@ -228,7 +228,7 @@ def _ids(page) -> list[int]:
 def test_audit_filters(tenant, tenant_client):
     day = datetime(2001, 2, 3, 10, 0, tzinfo=UTC)
     with tenant_context(tenant):
-        alpha = AuditEventFactory(
+        alpha = AuditEventFactory.create(
             action="test.alpha.created",
             occurred_at=day,
             actor_type="member",
@@ -237,14 +237,14 @@ def test_audit_filters(tenant, tenant_client):
             request_id="req-alpha-0001",
             source="web",
         )
-        beta = AuditEventFactory(
+        beta = AuditEventFactory.create(
             action="test.beta.created",
             occurred_at=day + timedelta(days=1),
             actor_label="bob@example.test",
             request_id="req-beta-0001",
             source="api",
         )
-        alpha_later = AuditEventFactory(
+        alpha_later = AuditEventFactory.create(
             action="test.alpha.deleted",
             occurred_at=day + timedelta(days=2),
             actor_label="alice@example.test",
@@ -325,7 +325,7 @@ def test_audit_export_is_private_neutralised_encrypted_and_expires(
 ):
     marker = f"plaintext-marker-{uuid.uuid4().hex}"
     with tenant_context(tenant):
-        AuditEventFactory(
+        AuditEventFactory.create(
             action="test.export.formula",
             occurred_at=datetime(2002, 1, 1, tzinfo=UTC),
             actor_label='=HYPERLINK("http://x")',

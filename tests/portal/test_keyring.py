@@ -22,6 +22,7 @@ from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import tenant_context
 
 from portal.crypto import DecryptionError, KeyDestroyed, SecretBytes, field_version
+from portal.db import use_public_schema
 from portal.errors import TenantContextError
 from portal.models import AuditEvent, DataKey, DataKeyState
 from portal.services.keyring import (
@@ -80,7 +81,7 @@ def test_data_key_is_stored_only_wrapped(tenant):
         row = DataKey.objects.get(purpose="secrets", version=version)
     raw = key.reveal()
     assert len(raw) == 32
-    wrapped = bytes(row.wrapped)
+    wrapped = bytes(row.wrapped or b"")
     assert raw not in wrapped
     assert not any(window in wrapped for window in _windows(raw))
     assert raw not in bytes(row.canary)
@@ -195,7 +196,7 @@ def test_master_key_rotation_rewraps_and_old_master_can_go(tenant, settings):
     with tenant_context(tenant):
         blob = keyring_encrypt(purpose="secrets", plaintext=PLAINTEXT, aad=_aad())
         before = {
-            row.pk: bytes(row.wrapped)
+            row.pk: bytes(row.wrapped or b"")
             for row in DataKey.objects.exclude(state=DataKeyState.DESTROYED)
         }
         settings.PORTAL_MASTER_KEY = f"{new},{old}"
@@ -203,7 +204,7 @@ def test_master_key_rotation_rewraps_and_old_master_can_go(tenant, settings):
         assert keyring_rewrap() == len(before)
         live = list(DataKey.objects.exclude(state=DataKeyState.DESTROYED))
         assert {row.master_key_id for row in live} == {new_id}
-        assert all(bytes(row.wrapped) != before[row.pk] for row in live)
+        assert all(bytes(row.wrapped or b"") != before[row.pk] for row in live)
         # Nothing left to move: re-running is a no-op.
         assert keyring_rewrap() == 0
 
@@ -287,6 +288,6 @@ def test_keys_refuse_pickling(tenant):
 
 
 def test_keyring_refuses_the_public_schema(db):
-    connection.set_schema_to_public()
+    use_public_schema()
     with pytest.raises(TenantContextError):
         keyring_active_key(purpose="secrets")

@@ -719,7 +719,7 @@ CSV_WRITER = re.compile(
 
 
 def test_only_csvio_makes_csv_writers():
-    offenders = []
+    offenders: list[str] = []
     for package in ("portal", "tenants", "sso", "edi", "crm", "pointdrive"):
         for path in sorted((ROOT / package).rglob("*.py")):
             if path == ROOT / "portal" / "csvio.py":

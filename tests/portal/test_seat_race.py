@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import connection
 from django_tenants.utils import tenant_context
 
+from portal.db import use_public_schema
 from portal.models import AuditEvent, Member
 from portal.services.members import (
     SeatLimitReached,
@@ -30,7 +30,7 @@ def test_two_connections_race_for_the_last_seat(committed_tenant):
         Member.objects.filter(has_seat=True).update(has_seat=False)
         first = member_create(email="racer-one@example.test", actor=None)
         second = member_create(email="racer-two@example.test", actor=None)
-    connection.set_schema_to_public()
+    use_public_schema()
 
     barrier = threading.Barrier(2, timeout=10)
     outcomes: dict[int, str] = {}
@@ -41,7 +41,7 @@ def test_two_connections_race_for_the_last_seat(committed_tenant):
         from django.db import connection as thread_connection
 
         try:
-            thread_connection.set_tenant(tenant)
+            thread_connection.set_tenant(tenant)  # type: ignore[attr-defined]
             barrier.wait()
             try:
                 seat_grant(member_ids=[member_id], actor=None)

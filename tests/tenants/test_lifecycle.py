@@ -24,6 +24,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_tenants.utils import schema_context, tenant_context
 
 from portal.crypto import KeyDestroyed
+from portal.db import use_public_schema
 from portal.errors import ApplicationError
 from portal.models import DataKey, Member
 from portal.services import keyring
@@ -84,6 +85,7 @@ def test_retire_sets_pending_with_a_30_day_grace(tenant):
         tenant_id=tenant.pk, reason="contract ended", confirm_slug="tenant"
     )
     assert retired.status == TenantStatus.PENDING_DELETION
+    assert retired.purge_after is not None
     assert (
         timedelta(days=30)
         <= retired.purge_after - start
@@ -229,7 +231,7 @@ def test_purge_removes_data_files_keys_cache_and_schedules(committed_tenant):
         # A second run finds nothing to do and does not fail.
         assert slug not in tenant_purge_due()
     finally:
-        connection.set_schema_to_public()
+        use_public_schema()
         with schema_context("public"):
             PeriodicTask.objects.filter(name__in=[f"x@{schema}", keep_name]).delete()
             cache.delete(cache_key)

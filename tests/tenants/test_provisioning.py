@@ -22,6 +22,7 @@ from django.db import connection
 from django.test import Client
 from django_tenants.utils import schema_context
 
+from portal.db import use_public_schema
 from portal.errors import ApplicationError, Conflict
 from portal.models import Member
 from tenants.models import Domain, PlatformAuditEvent, Tenant, TenantStatus
@@ -94,7 +95,7 @@ def _state(slug: str) -> dict[str, Any]:
         state["members"] = sorted(
             Member.objects.values_list("email", "role", "status", "user__password")
         )
-    connection.set_schema_to_public()
+    use_public_schema()
     return state
 
 
@@ -113,7 +114,7 @@ def committed(
         try:
             yield register
         finally:
-            connection.set_schema_to_public()
+            use_public_schema()
             for slug in slugs:
                 with schema_context("public"):
                     tenant = Tenant.objects.filter(slug=slug).first()
@@ -231,7 +232,7 @@ def test_a_run_killed_after_the_schema_step_completes_when_rerun(committed, kill
             Domain.objects.create(
                 domain=f"{slug}.localhost", tenant=tenant, is_primary=True
             )
-    connection.set_schema_to_public()
+    use_public_schema()
     # A half-provisioned tenant is not served.
     assert Client(HTTP_HOST=f"{slug}.localhost").get("/").status_code == 404
 
@@ -258,7 +259,7 @@ def test_service_returns_the_result_and_the_owner_signs_in(committed):
         owner_email=f"owner@{slug}.test",
         owner_password=OWNER_PASSWORD,
     )
-    connection.set_schema_to_public()
+    use_public_schema()
     assert result.tenant.slug == slug
     assert result.as_json()["owner_password"] == OWNER_PASSWORD
     _sign_in(f"{slug}.localhost", f"owner@{slug}.test", OWNER_PASSWORD)
@@ -483,18 +484,18 @@ def migrated_and_cloned(
                 result = tenant_provision(
                     slug=slugs["cloned"], name="Cloned", owner_email="o@cln.test"
                 )
-            connection.set_schema_to_public()
+            use_public_schema()
             # The clone is a working tenant, not just a matching catalog.
             _sign_in(
                 f"{slugs['cloned']}.localhost", "o@cln.test", result.owner_password
             )
-            connection.set_schema_to_public()
+            use_public_schema()
             yield (
                 _catalog(schema_for_slug(slugs["migrated"])),
                 _catalog(schema_for_slug(slugs["cloned"])),
             )
         finally:
-            connection.set_schema_to_public()
+            use_public_schema()
             for slug in slugs.values():
                 with schema_context("public"):
                     tenant = Tenant.objects.filter(slug=slug).first()
