@@ -293,19 +293,131 @@ def _schema_exists(schema_name: str) -> bool:
 
 
 def _schema_create(tenant: Tenant, *, resume: bool) -> None:
-    if _schema_exists(tenant.schema_name):
-        if resume:
-            # A killed run may have left the schema half-migrated.
+    """Create the tenant's schema by cloning the template or by migrating.
+
+    On a rerun, a schema left behind by a killed run is completed: a
+    half-migrated one is migrated further; a clone that never had its
+    migrations recorded is dropped and made again (a provisioning tenant
+    has never been reachable, so it holds nothing of value).
+    """
+    schema = tenant.schema_name
+    if _schema_exists(schema):
+        if not resume or not _schema_behind(schema):
+            return
+        if settings.TENANT_CREATION_FAKES_MIGRATIONS:
+            with connection.cursor() as cursor:
+                cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        else:
             from django.core.management import call_command
 
             call_command(
-                "migrate_schemas",
-                schema_name=tenant.schema_name,
-                interactive=False,
-                verbosity=0,
+                "migrate_schemas", schema_name=schema, interactive=False, verbosity=0
             )
-        return
+            return
+    cloning = settings.TENANT_CREATION_FAKES_MIGRATIONS
+    if cloning:
+        template_tenant_ensure()
     tenant.create_schema(check_if_exists=True, verbosity=0)
+    if cloning:
+        _clone_names_fix(template=settings.TENANT_BASE_SCHEMA, schema=schema)
+
+
+TEMPLATE_SLUG = "template"
+
+
+@audit_exempt("template upkeep; no tenant data")
+def template_tenant_ensure() -> Tenant:
+    """Make sure the TEN-4 template schema exists and is fully migrated.
+
+    The template is a tenant row (status `template`, no domain, never
+    served) so `migrate_portal` keeps it current. Without it django-tenants
+    would silently migrate instead of cloning.
+    """
+    schema = settings.TENANT_BASE_SCHEMA
+    with schema_context("public"):
+        template = Tenant.objects.filter(schema_name=schema).first()
+        if template is None:
+            template = Tenant(
+                schema_name=schema,
+                slug=TEMPLATE_SLUG,
+                name="Template",
+                status=TenantStatus.TEMPLATE,
+            )
+            template.save()
+        if not _schema_exists(schema):
+            # The base schema does not exist yet, so this migrates.
+            template.create_schema(check_if_exists=True, verbosity=0)
+        elif _schema_behind(schema):
+            from django.core.management import call_command
+
+            call_command(
+                "migrate_schemas", schema_name=schema, interactive=False, verbosity=0
+            )
+    return template
+
+
+_CONSTRAINTS_SQL = """
+SELECT cl.relname, con.conname, pg_get_constraintdef(con.oid)
+FROM pg_constraint con JOIN pg_class cl ON cl.oid = con.conrelid
+WHERE con.connamespace = to_regnamespace(%s)
+"""
+_INDEXES_SQL = """
+SELECT t.relname, i.relname, x.indisunique,
+       regexp_replace(pg_get_indexdef(i.oid), '^.* USING ', '')
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+WHERE i.relnamespace = to_regnamespace(%s)
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
+"""
+
+
+def _catalog_names(
+    schema: str,
+) -> tuple[dict[tuple[str, str], str], dict[tuple[Any, ...], str]]:
+    # Read each schema through its own search path, so definitions name
+    # related tables without a schema and compare equal across schemas.
+    with schema_context(schema), connection.cursor() as cursor:
+        cursor.execute(_CONSTRAINTS_SQL, [schema])
+        constraints = {
+            (table, definition): name for table, name, definition in cursor.fetchall()
+        }
+        cursor.execute(_INDEXES_SQL, [schema])
+        indexes = {
+            (table, unique, definition): name
+            for table, name, unique, definition in cursor.fetchall()
+        }
+    return constraints, indexes
+
+
+def _clone_names_fix(*, template: str, schema: str) -> int:
+    """Give a cloned schema's constraints and indexes the template's names.
+
+    django-tenants' clone re-creates tables with LIKE … INCLUDING ALL, which
+    names unique constraints and indexes after their columns; a later
+    migration that drops one by name would then fail on cloned schemas.
+    Matches by table and definition; returns how many were renamed.
+    """
+    wanted_constraints, wanted_indexes = _catalog_names(template)
+    have_constraints, have_indexes = _catalog_names(schema)
+    quote = connection.ops.quote_name
+    statements: list[str] = []
+    for key, name in have_constraints.items():
+        target = wanted_constraints.get(key)
+        if target and target != name:
+            statements.append(
+                f"ALTER TABLE {quote(key[0])} RENAME CONSTRAINT {quote(name)} "
+                f"TO {quote(target)}"
+            )
+    for key, name in have_indexes.items():
+        target = wanted_indexes.get(key)
+        if target and target != name:
+            statements.append(f"ALTER INDEX {quote(name)} RENAME TO {quote(target)}")
+    if statements:
+        with schema_context(schema), connection.cursor() as cursor:
+            for statement in statements:
+                cursor.execute(statement)
+    return len(statements)
 
 
 def _tenant_for_update(tenant_id: int) -> Tenant:
@@ -614,6 +726,30 @@ def _health_summary() -> dict[str, Any]:
     }
 
 
+def _known_migrations() -> set[tuple[str, str]]:
+    from django.db.migrations.loader import MigrationLoader
+
+    return set(MigrationLoader(None, ignore_no_migrations=True).graph.nodes)
+
+
+def _schema_behind(schema: str, expected: set[tuple[str, str]] | None = None) -> bool:
+    """True when `schema` lacks any migration known to the code."""
+    expected = expected if expected is not None else _known_migrations()
+    with schema_context(schema), connection.cursor() as cursor:
+        # Ask the catalog about this schema: an unqualified name would fall
+        # through the search path to public's table.
+        cursor.execute(
+            "SELECT 1 FROM pg_tables WHERE schemaname = %s "
+            "AND tablename = 'django_migrations'",
+            [schema],
+        )
+        if cursor.fetchone() is None:
+            return True
+        cursor.execute("SELECT app, name FROM django_migrations")
+        applied = {(app, name) for app, name in cursor.fetchall()}
+    return bool(expected - applied)
+
+
 @audit_exempt("read: compares migration records")
 def tenant_schemas_behind() -> list[str]:
     """Schemas of tenants (template included) missing any known migration.
@@ -623,9 +759,7 @@ def tenant_schemas_behind() -> list[str]:
     schema's `django_migrations` through its own search path (raw SQL never
     names another schema, TEN-17).
     """
-    from django.db.migrations.loader import MigrationLoader
-
-    expected = set(MigrationLoader(None, ignore_no_migrations=True).graph.nodes)
+    expected = _known_migrations()
     with schema_context("public"):
         schemas = list(
             Tenant.objects.exclude(schema_name="public")
@@ -633,16 +767,4 @@ def tenant_schemas_behind() -> list[str]:
             .order_by("pk")
             .values_list("schema_name", flat=True)
         )
-    behind: list[str] = []
-    for schema in schemas:
-        with schema_context(schema), connection.cursor() as cursor:
-            cursor.execute("SELECT to_regclass('django_migrations') IS NOT NULL")
-            row = cursor.fetchone()
-            if not row or not row[0]:
-                behind.append(schema)
-                continue
-            cursor.execute("SELECT app, name FROM django_migrations")
-            applied = {(app, name) for app, name in cursor.fetchall()}
-        if expected - applied:
-            behind.append(schema)
-    return behind
+    return [schema for schema in schemas if _schema_behind(schema, expected)]

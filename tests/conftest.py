@@ -50,15 +50,45 @@ def _ensure_tenant(slug: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> None:
-    """Create the two shared tenants once; --reuse-db keeps them."""
-    with django_db_blocker.unblock():
-        from tenants.services import public_tenant_ensure
+def django_db_setup(
+    request: pytest.FixtureRequest,
+    django_test_environment: None,
+    django_db_blocker: Any,
+    django_db_keepdb: bool,
+    django_db_createdb: bool,
+    django_db_modify_db_settings: None,
+) -> Iterator[None]:
+    """Set up the test database, then the two shared tenants, once.
 
+    Replaces pytest-django's fixture, which sets up only the databases that
+    the selected tests mark with `db`. A run selecting only commit-style
+    tests (committed_tenant, real workers) would otherwise write to the
+    real database. --reuse-db keeps the tenants between runs.
+    """
+    from django.test.utils import setup_databases, teardown_databases
+
+    from tenants.services import public_tenant_ensure
+
+    keepdb = django_db_keepdb and not django_db_createdb
+    with django_db_blocker.unblock():
+        db_cfg = setup_databases(
+            verbosity=request.config.option.verbose,
+            interactive=False,
+            aliases={"default"},  # type: ignore[arg-type]
+            serialized_aliases=set(),
+            keepdb=keepdb,
+        )
+        name = str(connection.settings_dict["NAME"])
+        if not name.startswith("test_"):
+            pytest.exit(f"refusing to run tests against {name!r}", returncode=3)
         public_tenant_ensure()
         _ensure_tenant(TENANT_SLUG)
         _ensure_tenant(OTHER_SLUG)
         use_public_schema()
+    yield
+    if not django_db_keepdb:
+        with django_db_blocker.unblock():
+            teardown_databases(db_cfg, verbosity=request.config.option.verbose)
 
 
 def _get_tenant(slug: str) -> Tenant:

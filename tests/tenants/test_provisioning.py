@@ -437,6 +437,12 @@ def _catalog(schema: str) -> dict[str, list[tuple[Any, ...]]]:
             "SELECT count(*) FROM pg_indexes WHERE schemaname = %s", [schema]
         )
         index_count = cursor.fetchall()
+        cursor.execute(
+            "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = %s "
+            "ORDER BY 1, 2",
+            [schema],
+        )
+        index_names = cursor.fetchall()
     parts = {
         "columns": columns,
         "migrations": migrations,
@@ -444,6 +450,7 @@ def _catalog(schema: str) -> dict[str, list[tuple[Any, ...]]]:
         "constraints": constraints,
         "constraint_names": constraint_names,
         "index_count": index_count,
+        "index_names": index_names,
     }
     return {name: sorted(rows) for name, rows in parts.items()}
 
@@ -514,13 +521,7 @@ def test_cloned_tenant_matches_a_migrated_tenant(migrated_and_cloned, part):
 
 
 @pytest.mark.schema
-@pytest.mark.xfail(
-    strict=True,
-    reason="django-tenants' clone renames multi-column UNIQUE constraints "
-    "(e.g. portal_datakey_uniq -> portal_datakey_purpose_version_key), so a "
-    "later RemoveConstraint by name would fail on cloned schemas; cloning "
-    "stays off (PORTAL_CLONE_TENANTS) until this is fixed",
-)
 def test_cloned_tenant_keeps_constraint_names(migrated_and_cloned):
     migrated, cloned = migrated_and_cloned
     assert cloned["constraint_names"] == migrated["constraint_names"]
+    assert cloned["index_names"] == migrated["index_names"]

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from tenants.services import public_tenant_ensure, tenant_schemas_behind
+from tenants.services import (
+    public_tenant_ensure,
+    template_tenant_ensure,
+    tenant_schemas_behind,
+)
 
 
 class Command(BaseCommand):
@@ -23,6 +28,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate_schemas", shared=True, interactive=False, verbosity=0)
         public_tenant_ensure()
+        if settings.TENANT_CREATION_FAKES_MIGRATIONS:
+            template_tenant_ensure()
         behind = tenant_schemas_behind()
         self.stderr.write(f"{len(behind)} tenant schema(s) behind.")
         if not behind:
