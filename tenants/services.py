@@ -7,6 +7,7 @@ unit of work and passes ids, never instances, across the switch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import secrets
 import shutil
@@ -726,13 +727,17 @@ def _health_summary() -> dict[str, Any]:
     }
 
 
-def _known_migrations() -> set[tuple[str, str]]:
+@functools.cache
+def _known_migrations() -> frozenset[tuple[str, str]]:
+    # The graph is fixed for the life of a process (code changes restart).
     from django.db.migrations.loader import MigrationLoader
 
-    return set(MigrationLoader(None, ignore_no_migrations=True).graph.nodes)
+    return frozenset(MigrationLoader(None, ignore_no_migrations=True).graph.nodes)
 
 
-def _schema_behind(schema: str, expected: set[tuple[str, str]] | None = None) -> bool:
+def _schema_behind(
+    schema: str, expected: frozenset[tuple[str, str]] | None = None
+) -> bool:
     """True when `schema` lacks any migration known to the code."""
     expected = expected if expected is not None else _known_migrations()
     with schema_context(schema), connection.cursor() as cursor:

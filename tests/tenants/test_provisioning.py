@@ -53,8 +53,11 @@ def _provision(*args: str, stdin: str | None = None, **options: Any) -> tuple[st
 
 def _assert_nothing_created(slug: str, domain: str | None = None) -> None:
     with schema_context("public"):
-        # The platform's own row has the slug "public"; it is not new.
-        tenants = Tenant.objects.exclude(schema_name="public")
+        # The platform's own row ("public") and the clone template
+        # ("template") hold reserved slugs; neither is new.
+        tenants = Tenant.objects.exclude(schema_name="public").exclude(
+            status=TenantStatus.TEMPLATE
+        )
         assert not tenants.filter(slug__iexact=slug).exists()
         assert not tenants.filter(schema_name__iexact=schema_for_slug(slug)).exists()
         assert not PlatformAuditEvent.objects.filter(
