@@ -87,12 +87,14 @@ def jobs_reap_task(self: TenantBoundTask, *, schema_name: str) -> None:
 
 @app.task(name="portal.daily_upkeep", base=TenantBoundTask, bind=True)
 def daily_upkeep_task(self: TenantBoundTask, *, schema_name: str) -> None:
-    """Seat snapshot and expired export cleanup for one tenant."""
+    """Seat snapshot, expired exports, sessions and login failures."""
+    from portal.services.auth import auth_housekeeping
     from portal.services.exports import export_expire
     from portal.services.members import seat_snapshot_take
 
     seat_snapshot_take()
     export_expire()
+    auth_housekeeping()
 
 
 @app.task(name="portal.fan_out", base=PlatformTask, bind=True)

@@ -143,3 +143,23 @@ def session_index_on_login(
             "auth_method": request.session.get("auth_method", "password"),
         },
     )
+
+
+@audit_exempt("housekeeping: removes expired records only")
+def auth_housekeeping() -> dict[str, int]:
+    """Delete expired sessions, their index rows and old login failures.
+
+    Login failures older than a day can no longer lock anything (the window
+    is 15 minutes). Runs daily per tenant; safe to run at any time.
+    """
+    from django.contrib.sessions.models import Session
+
+    now = timezone.now()
+    failures, _ = LoginFailure.objects.filter(
+        occurred_at__lt=now - timedelta(days=1)
+    ).delete()
+    sessions, _ = Session.objects.filter(expire_date__lt=now).delete()
+    orphans, _ = MemberSession.objects.exclude(
+        session_key__in=Session.objects.values("session_key")
+    ).delete()
+    return {"login_failures": failures, "sessions": sessions, "session_index": orphans}

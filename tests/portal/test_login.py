@@ -248,3 +248,43 @@ def test_owner_account_locks_too(tenant, anon_client, tenant_owner):
 
     _fail(anon_client, tenant_owner.email, 5)
     assert _post(anon_client, tenant_owner.email, OWNER_PASSWORD).status_code == 400
+
+
+def test_auth_housekeeping_removes_only_expired_records(tenant, tenant_owner):
+    from datetime import timedelta
+
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+    from django_tenants.utils import tenant_context
+
+    from portal.models import LoginFailure, MemberSession
+    from portal.services.auth import auth_housekeeping
+
+    with tenant_context(tenant):
+        now = timezone.now()
+        LoginFailure.objects.create(
+            username="old@x.test", occurred_at=now - timedelta(days=2)
+        )
+        LoginFailure.objects.create(username="new@x.test", occurred_at=now)
+        live = SessionStore()
+        live.create()
+        dead = SessionStore()
+        dead.create()
+        Session.objects.filter(session_key=dead.session_key).update(
+            expire_date=now - timedelta(seconds=1)
+        )
+        for key in (live.session_key, dead.session_key):
+            MemberSession.objects.create(member=tenant_owner, session_key=key)
+
+        assert auth_housekeeping() == {
+            "login_failures": 1,
+            "sessions": 1,
+            "session_index": 1,
+        }
+        assert list(LoginFailure.objects.values_list("username", flat=True)) == [
+            "new@x.test"
+        ]
+        assert list(MemberSession.objects.values_list("session_key", flat=True)) == [
+            live.session_key
+        ]
