@@ -76,3 +76,28 @@ class HasCapability(BasePermission):
         if capability is None:
             return False
         return can(member, capability)
+
+
+RECENT_SIGN_IN_SECONDS = 15 * 60
+
+
+def recent_sign_in(request: HttpRequest) -> bool:
+    """True when the session signed in within the last 15 minutes.
+
+    Destructive confirmations (PORTAL-22) ask for a fresh sign-in, the way
+    GitHub's sudo mode does; the stamp is set by every sign-in path.
+    """
+    import time
+
+    stamp = request.session.get("auth_at")
+    return (
+        isinstance(stamp, int | float) and time.time() - stamp < RECENT_SIGN_IN_SECONDS
+    )
+
+
+def mark_signed_in(request: HttpRequest, *, method: str) -> None:
+    """Record how and when this session signed in (after `login()`)."""
+    import time
+
+    request.session["auth_method"] = method
+    request.session["auth_at"] = int(time.time())

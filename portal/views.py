@@ -22,7 +22,12 @@ from portal.errors import ApplicationError, NotFound
 from portal.forms import BulkForm, LoginForm, MemberCreateForm, MemberEditForm, RoleForm
 from portal.middleware import client_ip
 from portal.models import Member
-from portal.permissions import capability_required, public_view
+from portal.permissions import (
+    capability_required,
+    mark_signed_in,
+    public_view,
+    recent_sign_in,
+)
 from portal.roles import Role, can, may_manage_member
 from portal.selectors.audit import audit_event_page, audit_filters_from_query
 from portal.selectors.dashboard import dashboard_context
@@ -80,8 +85,8 @@ def login_view(request: HttpRequest) -> HttpResponse:
                 form.add_error(None, exc.message)
                 status = 400
             else:
-                request.session["auth_method"] = "password"
                 login(request, user, backend=MODEL_BACKEND)  # type: ignore[arg-type]
+                mark_signed_in(request, method="password")
                 return redirect(next_url)
         else:
             status = 400
@@ -181,6 +186,7 @@ def member_bulk_view(request: HttpRequest) -> HttpResponse:
             member_ids=ids,
             params={"role": data.get("role") or "", "group": data.get("group") or ""},
             confirm_slug=data.get("confirm") or "",
+            recent_sign_in=recent_sign_in(request),
             idempotency_key=data.get("idempotency_key") or "",
         )
     except ApplicationError as exc:

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from portal.errors import ApplicationError, NotFound
 from portal.forms import LoginForm
-from portal.permissions import public_view
+from portal.permissions import mark_signed_in, public_view, recent_sign_in
 from tenants.forms import ReasonForm, RetireForm, SeatLimitForm, TenantCreateForm
 from tenants.models import PlatformAuditEvent, Tenant, TenantStatus
 from tenants.services import (
@@ -64,6 +64,7 @@ def console_login_view(request: HttpRequest) -> HttpResponse:
         )
         if user is not None and user.is_staff:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            mark_signed_in(request, method="password")
             platform_audit_record(
                 action="platform.operator.signed_in",
                 target_type="operator",
@@ -166,6 +167,11 @@ def tenant_action_view(
             retire_form = RetireForm(request.POST)
             if not retire_form.is_valid():
                 raise ApplicationError("Type the slug and give a reason.")
+            if not recent_sign_in(request):
+                raise ApplicationError(
+                    "Sign in again before retiring a tenant: your last sign-in "
+                    "was more than 15 minutes ago."
+                )
             tenant_retire_request(
                 tenant_id=tenant.pk,
                 reason=retire_form.cleaned_data["reason"],

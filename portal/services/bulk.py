@@ -70,9 +70,14 @@ def member_bulk_request(
     member_ids: list[int],
     params: dict[str, Any],
     confirm_slug: str = "",
+    recent_sign_in: bool = False,
     idempotency_key: str = "",
 ) -> BulkOutcome:
-    """Apply `action` to `member_ids` now, or queue a job past 200 rows."""
+    """Apply `action` to `member_ids` now, or queue a job past 200 rows.
+
+    A large deactivation needs the tenant's slug typed in `confirm_slug` and
+    a sign-in within the last 15 minutes (`recent_sign_in`, PORTAL-22).
+    """
     from portal.services.audit import audit_event_record
     from portal.services.jobs import job_create
     from portal.tasks import member_bulk_run_task
@@ -88,6 +93,12 @@ def member_bulk_request(
                 "type the organisation's slug exactly.",
                 code="confirmation_required",
                 details={"confirm": ["Type the slug to confirm."]},
+            )
+        if not recent_sign_in:
+            raise ApplicationError(
+                "For your protection, sign in again before deactivating this many "
+                "members (your last sign-in was more than 15 minutes ago).",
+                code="reauthentication_required",
             )
     if len(member_ids) <= SYNC_LIMIT:
         return member_bulk_apply(

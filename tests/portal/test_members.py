@@ -361,6 +361,7 @@ def test_deactivating_over_50_with_the_slug_proceeds(tenant, tenant_owner):
             member_ids=targets,
             params={},
             confirm_slug="tenant",
+            recent_sign_in=True,
         )
         assert outcome.job is not None
         assert outcome.job.kind == "member_bulk"
@@ -371,6 +372,23 @@ def test_deactivating_over_50_with_the_slug_proceeds(tenant, tenant_owner):
             )
         assert caught.value.code == "confirmation_required"
         assert Job.objects.filter(kind="member_bulk").count() == 1
+
+
+def test_large_deactivation_needs_a_recent_sign_in(tenant, tenant_owner):
+    with tenant_context(tenant):
+        _plain_members(20, prefix="small")
+        targets = [m.pk for m in _plain_members(5, prefix="few")]
+        with pytest.raises(ApplicationError) as caught:
+            member_bulk_request(
+                actor=tenant_owner,
+                action="deactivate",
+                member_ids=targets,
+                params={},
+                confirm_slug=tenant.slug,
+                recent_sign_in=False,
+            )
+        assert caught.value.code == "reauthentication_required"
+        assert not Member.objects.filter(status=MemberStatus.DEACTIVATED).exists()
 
 
 def test_deactivating_over_ten_percent_needs_the_slug(tenant, tenant_owner):
@@ -395,6 +413,7 @@ def test_deactivating_over_ten_percent_with_the_slug(tenant, tenant_owner):
             member_ids=targets,
             params={},
             confirm_slug=tenant.slug,
+            recent_sign_in=True,
         )
         assert outcome.applied == 5
         assert Member.objects.filter(status=MemberStatus.DEACTIVATED).count() == 5

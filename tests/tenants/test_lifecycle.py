@@ -11,6 +11,7 @@ import json
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -307,3 +308,39 @@ def test_cancelling_retirement_of_a_suspended_tenant_keeps_it_suspended(tenant):
     )
     tenant_retire_cancel(tenant_id=tenant.pk)
     assert Tenant.objects.get(pk=tenant.pk).status == TenantStatus.SUSPENDED
+
+
+def _operator_client(*, signed_in_seconds_ago: int) -> Any:
+    import time
+
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    with schema_context("public"):
+        operator = get_user_model().objects.create_user(
+            username="op-retire@platform.test", password="x", is_staff=True
+        )
+        client = Client(HTTP_HOST="localhost")
+        client.force_login(operator)
+        session = client.session
+        session["auth_at"] = int(time.time()) - signed_in_seconds_ago
+        session.save()
+    return client
+
+
+@pytest.mark.parametrize(("ago", "retired"), [(60, True), (16 * 60, False)])
+def test_console_retirement_needs_a_recent_sign_in(tenant, ago, retired):
+    client = _operator_client(signed_in_seconds_ago=ago)
+    response = client.post(
+        f"/tenants/{tenant.pk}/retire/",
+        {"reason": "contract ended", "confirm_slug": tenant.slug},
+    )
+    with schema_context("public"):
+        status = Tenant.objects.get(pk=tenant.pk).status
+    if retired:
+        assert response.status_code == 302
+        assert status == TenantStatus.PENDING_DELETION
+    else:
+        assert response.status_code == 400
+        assert b"Sign in again" in response.content
+        assert status == TenantStatus.ACTIVE
