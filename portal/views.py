@@ -56,7 +56,7 @@ def _member(request: HttpRequest) -> Member:
     return member
 
 
-def _safe_next(request: HttpRequest, value: str | None) -> str:
+def safe_next(request: HttpRequest, value: str | None) -> str:
     if value and url_has_allowed_host_and_scheme(
         value, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     ):
@@ -67,7 +67,7 @@ def _safe_next(request: HttpRequest, value: str | None) -> str:
 @public_view("the sign-in page")
 @require_http_methods(["GET", "POST"])
 def login_view(request: HttpRequest) -> HttpResponse:
-    next_url = _safe_next(request, request.POST.get("next") or request.GET.get("next"))
+    next_url = safe_next(request, request.POST.get("next") or request.GET.get("next"))
     if getattr(request, "member", None) is not None:
         return redirect(next_url)
     form = LoginForm(request.POST or None)

@@ -82,17 +82,12 @@ class Source(models.TextChoices):
     VIEWER = "viewer", "Viewer"
 
 
-class PlatformAuditEvent(models.Model):
-    """Append-only (a trigger rejects UPDATE, DELETE and TRUNCATE)."""
+class AuditRecord(models.Model):
+    """Fields shared by the tenant audit log and the platform audit log."""
 
-    occurred_at = models.DateTimeField(db_index=True)
     actor_type = models.CharField(max_length=20, choices=ActorType.choices)
     actor_id = models.CharField(max_length=64, blank=True, default="")
     actor_label = models.CharField(max_length=254, blank=True, default="")
-    action = models.CharField(max_length=100, db_index=True)
-    tenant_id_value = models.BigIntegerField(null=True, blank=True)
-    tenant_slug = models.CharField(max_length=40, blank=True, default="", db_index=True)
-    tenant_schema = models.CharField(max_length=63, blank=True, default="")
     target_type = models.CharField(max_length=60, blank=True, default="")
     target_id = models.CharField(max_length=64, blank=True, default="")
     changes = models.JSONField(default=dict, blank=True)
@@ -102,12 +97,27 @@ class PlatformAuditEvent(models.Model):
     source = models.CharField(max_length=10, choices=Source.choices)
 
     class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        occurred_at = getattr(self, "occurred_at", None)
+        action = getattr(self, "action", "")
+        return f"{occurred_at:%Y-%m-%d %H:%M} {action}" if occurred_at else action
+
+
+class PlatformAuditEvent(AuditRecord):
+    """Append-only (a trigger rejects UPDATE, DELETE and TRUNCATE)."""
+
+    occurred_at = models.DateTimeField(db_index=True)
+    action = models.CharField(max_length=100, db_index=True)
+    tenant_id_value = models.BigIntegerField(null=True, blank=True)
+    tenant_slug = models.CharField(max_length=40, blank=True, default="", db_index=True)
+    tenant_schema = models.CharField(max_length=63, blank=True, default="")
+
+    class Meta:
         indexes = [
             models.Index(fields=["-occurred_at", "-id"], name="platform_audit_keyset")
         ]
-
-    def __str__(self) -> str:
-        return f"{self.occurred_at:%Y-%m-%d %H:%M} {self.action}"
 
 
 class PlatformJob(models.Model):

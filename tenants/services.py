@@ -26,6 +26,7 @@ from portal import context
 from portal.errors import ApplicationError, Conflict, NotFound
 from portal.services.registry import audit_exempt, audits
 from tenants.models import Domain, PlatformAuditEvent, Tenant, TenantStatus
+from tenants.schema_copy import schema_create_from_snapshot, snapshot_get
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9-]{1,39}$")
 RESERVED_SLUGS = frozenset(
@@ -294,12 +295,12 @@ def _schema_exists(schema_name: str) -> bool:
 
 
 def _schema_create(tenant: Tenant, *, resume: bool) -> None:
-    """Create the tenant's schema by cloning the template or by migrating.
+    """Create the tenant's schema from the template snapshot, or by migrating.
 
-    On a rerun, a schema left behind by a killed run is completed: a
-    half-migrated one is migrated further; a clone that never had its
-    migrations recorded is dropped and made again (a provisioning tenant
-    has never been reachable, so it holds nothing of value).
+    A snapshot replay is one transaction, so a killed run leaves no schema
+    or a whole one. On a rerun, a schema that is still behind is migrated
+    further, or (when copying) dropped and made again: a provisioning tenant
+    has never been reachable, so it holds nothing of value.
     """
     schema = tenant.schema_name
     if _schema_exists(schema):
@@ -315,12 +316,12 @@ def _schema_create(tenant: Tenant, *, resume: bool) -> None:
                 "migrate_schemas", schema_name=schema, interactive=False, verbosity=0
             )
             return
-    cloning = settings.TENANT_CREATION_FAKES_MIGRATIONS
-    if cloning:
+    if settings.TENANT_CREATION_FAKES_MIGRATIONS:
         template_tenant_ensure()
-    tenant.create_schema(check_if_exists=True, verbosity=0)
-    if cloning:
-        _clone_names_fix(template=settings.TENANT_BASE_SCHEMA, schema=schema)
+        snapshot = snapshot_get(settings.TENANT_BASE_SCHEMA, _known_migrations())
+        schema_create_from_snapshot(schema, snapshot)
+    else:
+        tenant.create_schema(check_if_exists=True, verbosity=0)
 
 
 TEMPLATE_SLUG = "template"
@@ -355,70 +356,6 @@ def template_tenant_ensure() -> Tenant:
                 "migrate_schemas", schema_name=schema, interactive=False, verbosity=0
             )
     return template
-
-
-_CONSTRAINTS_SQL = """
-SELECT cl.relname, con.conname, pg_get_constraintdef(con.oid)
-FROM pg_constraint con JOIN pg_class cl ON cl.oid = con.conrelid
-WHERE con.connamespace = to_regnamespace(%s)
-"""
-_INDEXES_SQL = """
-SELECT t.relname, i.relname, x.indisunique,
-       regexp_replace(pg_get_indexdef(i.oid), '^.* USING ', '')
-FROM pg_index x
-JOIN pg_class i ON i.oid = x.indexrelid
-JOIN pg_class t ON t.oid = x.indrelid
-WHERE i.relnamespace = to_regnamespace(%s)
-  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
-"""
-
-
-def _catalog_names(
-    schema: str,
-) -> tuple[dict[tuple[str, str], str], dict[tuple[Any, ...], str]]:
-    # Read each schema through its own search path, so definitions name
-    # related tables without a schema and compare equal across schemas.
-    with schema_context(schema), connection.cursor() as cursor:
-        cursor.execute(_CONSTRAINTS_SQL, [schema])
-        constraints = {
-            (table, definition): name for table, name, definition in cursor.fetchall()
-        }
-        cursor.execute(_INDEXES_SQL, [schema])
-        indexes = {
-            (table, unique, definition): name
-            for table, name, unique, definition in cursor.fetchall()
-        }
-    return constraints, indexes
-
-
-def _clone_names_fix(*, template: str, schema: str) -> int:
-    """Give a cloned schema's constraints and indexes the template's names.
-
-    django-tenants' clone re-creates tables with LIKE … INCLUDING ALL, which
-    names unique constraints and indexes after their columns; a later
-    migration that drops one by name would then fail on cloned schemas.
-    Matches by table and definition; returns how many were renamed.
-    """
-    wanted_constraints, wanted_indexes = _catalog_names(template)
-    have_constraints, have_indexes = _catalog_names(schema)
-    quote = connection.ops.quote_name
-    statements: list[str] = []
-    for key, name in have_constraints.items():
-        target = wanted_constraints.get(key)
-        if target and target != name:
-            statements.append(
-                f"ALTER TABLE {quote(key[0])} RENAME CONSTRAINT {quote(name)} "
-                f"TO {quote(target)}"
-            )
-    for key, name in have_indexes.items():
-        target = wanted_indexes.get(key)
-        if target and target != name:
-            statements.append(f"ALTER INDEX {quote(name)} RENAME TO {quote(target)}")
-    if statements:
-        with schema_context(schema), connection.cursor() as cursor:
-            for statement in statements:
-                cursor.execute(statement)
-    return len(statements)
 
 
 def _tenant_for_update(tenant_id: int) -> Tenant:
@@ -773,3 +710,46 @@ def tenant_schemas_behind() -> list[str]:
             .values_list("schema_name", flat=True)
         )
     return [schema for schema in schemas if _schema_behind(schema, expected)]
+
+
+OPERATOR_MAX_FAILURES = 5
+OPERATOR_LOCK = timedelta(minutes=15)
+OPERATOR_LOGIN_ERROR = "That email and password did not work, or sign-in is locked."
+
+
+@audits("platform.operator.signed_in", "platform.operator.sign_in_failed")
+def operator_login_attempt(*, request: Any, username: str, password: str) -> Any:
+    """Check an operator's console sign-in; return the user or raise.
+
+    The same rule as tenant sign-in (PORTAL-29): five failures for one
+    account within 15 minutes lock it for 15 minutes, counted from the
+    platform audit log, with one generic message. Only staff users of the
+    public schema are operators.
+    """
+    from django.contrib.auth import authenticate
+
+    username = (username or "").strip().lower()[:254]
+    with schema_context("public"):
+        failures = PlatformAuditEvent.objects.filter(
+            action="platform.operator.sign_in_failed",
+            occurred_at__gte=timezone.now() - OPERATOR_LOCK,
+            changes__username=username,
+        ).count()
+        user = None
+        if failures < OPERATOR_MAX_FAILURES:
+            user = authenticate(request, username=username, password=password)
+        if user is None or not user.is_staff:
+            platform_audit_record(
+                action="platform.operator.sign_in_failed",
+                changes={
+                    "username": username,
+                    "locked": failures >= OPERATOR_MAX_FAILURES,
+                },
+            )
+            raise ApplicationError(OPERATOR_LOGIN_ERROR, code="login_refused")
+        platform_audit_record(
+            action="platform.operator.signed_in",
+            target_type="operator",
+            target_id=str(user.pk),
+        )
+    return user

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth import authenticate, login, logout
+from django.contrib.auth import login, logout
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -20,10 +20,11 @@ from django.views.decorators.http import require_http_methods, require_POST
 from portal.errors import ApplicationError, NotFound
 from portal.forms import LoginForm
 from portal.permissions import mark_signed_in, public_view, recent_sign_in
+from portal.views import safe_next
 from tenants.forms import ReasonForm, RetireForm, SeatLimitForm, TenantCreateForm
 from tenants.models import PlatformAuditEvent, Tenant, TenantStatus
 from tenants.services import (
-    platform_audit_record,
+    operator_login_attempt,
     tenant_origin,
     tenant_provision,
     tenant_resume,
@@ -55,28 +56,22 @@ def operator_required(view: View) -> View:
 @public_view("operators sign in here")
 @require_http_methods(["GET", "POST"])
 def console_login_view(request: HttpRequest) -> HttpResponse:
+    next_url = safe_next(request, request.POST.get("next") or request.GET.get("next"))
     form = LoginForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = authenticate(
-            request,
-            username=form.cleaned_data["username"].strip().lower(),
-            password=form.cleaned_data["password"],
-        )
-        if user is not None and user.is_staff:
+        try:
+            user = operator_login_attempt(
+                request=request,
+                username=form.cleaned_data["username"],
+                password=form.cleaned_data["password"],
+            )
+        except ApplicationError as exc:
+            form.add_error(None, exc.message)
+        else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             mark_signed_in(request, method="password")
-            platform_audit_record(
-                action="platform.operator.signed_in",
-                target_type="operator",
-                target_id=str(user.pk),
-            )
-            return redirect("console:tenant-list")
-        platform_audit_record(
-            action="platform.operator.sign_in_failed",
-            changes={"username": form.cleaned_data["username"][:254]},
-        )
-        form.add_error(None, "That email and password did not work.")
-    return render(request, "tenants/login.html", {"form": form})
+            return redirect(next_url)
+    return render(request, "tenants/login.html", {"form": form, "next": next_url})
 
 
 @public_view("signing out needs no capability")

@@ -275,6 +275,7 @@ def test_auth_housekeeping_removes_only_expired_records(tenant, tenant_owner):
             expire_date=now - timedelta(seconds=1)
         )
         for key in (live.session_key, dead.session_key):
+            assert key is not None
             MemberSession.objects.create(member=tenant_owner, session_key=key)
 
         assert auth_housekeeping() == {

@@ -282,6 +282,7 @@ def test_bulk_cannot_remove_last_owner(tenant, tenant_owner, tenant_admin):
             member_ids=[tenant_owner.pk],
             params={},
             confirm_slug=tenant.slug,
+            recent_sign_in=True,
         )
         assert own_deactivation.applied == 0
         assert own_deactivation.skipped[0][0] == tenant_owner.pk
@@ -292,6 +293,7 @@ def test_bulk_cannot_remove_last_owner(tenant, tenant_owner, tenant_admin):
                 member_ids=[tenant_owner.pk],
                 params=params,
                 confirm_slug=tenant.slug,
+                recent_sign_in=True,
             )
             assert outcome.applied == 0
             assert outcome.skipped == [

@@ -185,6 +185,7 @@ def test_job_survives_sigkilled_worker(durable_broker, committed_tenant):
             member_ids=ids,
             params={},
             confirm_slug=committed_tenant.slug,
+            recent_sign_in=True,
         )
     job = outcome.job
     assert job is not None

@@ -446,6 +446,31 @@ def _catalog(schema: str) -> dict[str, list[tuple[Any, ...]]]:
             [schema],
         )
         index_names = cursor.fetchall()
+        cursor.execute(
+            "SELECT table_name, column_name, coalesce(column_default, ''), "
+            "is_identity, coalesce(identity_generation, ''), is_generated, "
+            "coalesce(generation_expression, '') "
+            "FROM information_schema.columns WHERE table_schema = %s",
+            [schema],
+        )
+        column_details = [
+            tuple(str(v).replace(f"{schema}.", "") for v in row) for row in cursor
+        ]
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = %s", [schema]
+        )
+        index_defs = [(row[0].replace(f"{schema}.", ""),) for row in cursor]
+        cursor.execute(
+            "SELECT pg_get_functiondef(oid) FROM pg_proc "
+            "WHERE pronamespace = %s::regnamespace",
+            [schema],
+        )
+        functions = [(row[0].replace(f"{schema}.", ""),) for row in cursor]
+        cursor.execute(
+            f'SELECT ct.app_label, ct.model, p.codename FROM "{schema}".auth_permission p '  # noqa: S608, E501
+            f'JOIN "{schema}".django_content_type ct ON ct.id = p.content_type_id'
+        )
+        permissions = cursor.fetchall()
     parts = {
         "columns": columns,
         "migrations": migrations,
@@ -454,6 +479,10 @@ def _catalog(schema: str) -> dict[str, list[tuple[Any, ...]]]:
         "constraint_names": constraint_names,
         "index_count": index_count,
         "index_names": index_names,
+        "column_details": column_details,
+        "index_defs": index_defs,
+        "functions": functions,
+        "permissions": permissions,
     }
     return {name: sorted(rows) for name, rows in parts.items()}
 
@@ -515,7 +544,18 @@ def migrated_and_cloned(
 
 @pytest.mark.schema
 @pytest.mark.parametrize(
-    "part", ["columns", "migrations", "triggers", "constraints", "index_count"]
+    "part",
+    [
+        "columns",
+        "migrations",
+        "triggers",
+        "constraints",
+        "index_count",
+        "column_details",
+        "index_defs",
+        "functions",
+        "permissions",
+    ],
 )
 def test_cloned_tenant_matches_a_migrated_tenant(migrated_and_cloned, part):
     migrated, cloned = migrated_and_cloned
@@ -528,3 +568,21 @@ def test_cloned_tenant_keeps_constraint_names(migrated_and_cloned):
     migrated, cloned = migrated_and_cloned
     assert cloned["constraint_names"] == migrated["constraint_names"]
     assert cloned["index_names"] == migrated["index_names"]
+
+
+def test_copied_schema_continues_its_sequences_after_the_seeded_rows(tenant):
+    """Session tenants are made from the template snapshot (the default)."""
+    from django.conf import settings
+    from django.contrib.auth.models import Permission
+    from django.contrib.contenttypes.models import ContentType
+    from django_tenants.utils import tenant_context
+
+    assert settings.TENANT_CREATION_FAKES_MIGRATIONS
+    with tenant_context(tenant):
+        highest = max(ContentType.objects.values_list("pk", flat=True))
+        probe = ContentType.objects.create(app_label="zz_probe", model="probe")
+        assert probe.pk > highest
+        permission = Permission.objects.create(
+            name="probe", codename="probe", content_type=probe
+        )
+        assert permission.pk > 0

@@ -502,3 +502,32 @@ def test_tenant_session_is_anonymous_on_the_console(tenant, tenant_client):
     assert response.status_code == 302
     assert response["Location"].startswith("/accounts/login/")
     assert _status(tenant) == TenantStatus.ACTIVE
+
+
+def test_operator_sign_in_locks_after_five_failures(tenant):
+    from django.contrib.auth import get_user_model
+
+    with schema_context("public"):
+        get_user_model().objects.create_user(
+            username="lock-op@platform.test",
+            password="right password 123",
+            is_staff=True,
+        )
+    client = Client(HTTP_HOST="localhost")
+    for _ in range(5):
+        response = client.post(
+            "/accounts/login/",
+            {"username": "lock-op@platform.test", "password": "wrong"},
+        )
+        assert response.status_code == 200
+    # The sixth attempt fails even with the right password.
+    response = client.post(
+        "/accounts/login/",
+        {"username": "lock-op@platform.test", "password": "right password 123"},
+    )
+    assert response.status_code == 200
+    assert b"sign-in is locked" in response.content
+    other = Client(HTTP_HOST="localhost").post(
+        "/accounts/login/", {"username": "nobody@platform.test", "password": "x"}
+    )
+    assert b"sign-in is locked" in other.content
