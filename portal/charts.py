@@ -41,15 +41,28 @@ class BarChart:
 
 
 def bar_chart(
-    *, title: str, points: Sequence[tuple[date, int]], limit: int | None = None
+    *,
+    title: str,
+    points: Sequence[tuple[date, int]],
+    limit: int | None = None,
+    days: int | None = None,
 ) -> BarChart:
-    """Lay out one bar per point, scaled to the larger of data and limit."""
+    """Lay out one bar per point, scaled to the larger of data and limit.
+
+    With `days`, the x axis is that many days ending on the last point, so a
+    new tenant's single day is one narrow bar at the right, not a slab.
+    """
     maximum = max([value for _, value in points] + [limit or 0, 1])
     inner_w = WIDTH - 2 * PAD
     inner_h = HEIGHT - 2 * PAD
-    slot = inner_w / max(len(points), 1)
+    slots = days if days else max(len(points), 1)
+    slot = inner_w / slots
+    end = points[-1][0] if points else None
     bars = []
-    for index, (day, value) in enumerate(points):
+    for position, (day, value) in enumerate(points):
+        index = slots - 1 - (end - day).days if days and end else position
+        if index < 0:
+            continue
         height = inner_h * value / maximum
         bars.append(
             Bar(

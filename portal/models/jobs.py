@@ -61,7 +61,9 @@ class Job(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.status}"
+        # Audit events keep this as the target label: no status, which would
+        # be stale the moment the job moves on.
+        return self.kind_label
 
     @property
     def kind_label(self) -> str:

@@ -54,6 +54,7 @@ def _seats_card() -> Card:
             "available": summary.available,
             "chart": bar_chart(
                 title="Seats used per day, last 90 days",
+                days=90,
                 points=history,
                 limit=summary.limit,
             ),
