@@ -26,6 +26,8 @@ def server_uri(data_dir: Path) -> str:
         # pgserver runs postgres as the `pgserver` user when started by root;
         # that user must be able to reach the data directory.
         os.chmod(pgdata.parent, 0o755)  # noqa: S103 - traversal only, no secrets
+    if pgdata.exists():
+        handles_prune(data_dir)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     # Keep a reference for the life of the process: the server stops when
     # the last handle is released.
@@ -35,6 +37,27 @@ def server_uri(data_dir: Path) -> str:
 
 
 _SERVERS: list[Any] = []
+
+
+def handles_prune(data_dir: Path) -> None:
+    """Forget attached processes that died without detaching.
+
+    pgserver stops the server when the last attached process exits, using a
+    list of pids in the data directory. A process killed by a signal never
+    removes itself, and the server would then never stop on its own.
+    """
+    import json
+
+    import psutil
+
+    path = data_dir / "pgdata" / ".handle_pids.json"
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
 
 
 def database_settings(data_dir: Path) -> dict[str, Any]:

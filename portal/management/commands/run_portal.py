@@ -149,15 +149,23 @@ class Command(BaseCommand):
                         stopping = True
                 time.sleep(0.5)
         finally:
+            # SIGINT, like Ctrl-C in a terminal: every child shuts down
+            # cleanly and detaches from the embedded database.
             for proc in processes.values():
                 if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
+                    os.killpg(proc.pid, signal.SIGINT)
+            deadline = time.monotonic() + 20
             for proc in processes.values():
                 try:
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
+            if not os.environ.get("DATABASE_URL"):
+                from portal.devdb import handles_prune
+
+                # Children killed above never detached; this process is then
+                # the last, and the embedded server stops when it exits.
+                handles_prune(Path(settings.PORTAL_DATA_DIR))
             self.stderr.write("Stopped.")
 
 
