@@ -149,6 +149,11 @@ def _database() -> dict[str, Any]:
     url = os.environ.get("DATABASE_URL")
     if url:
         config: dict[str, Any] = dict(dj_database_url.parse(url))
+    elif not DEBUG:
+        raise ImproperlyConfigured(
+            "DATABASE_URL is required when PORTAL_DEBUG is off: the embedded "
+            "PostgreSQL is for development only."
+        )
     else:
         from portal import devdb
 
@@ -372,5 +377,7 @@ LOGGING: dict[str, Any] = {
     },
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # Its start/stop chatter is noise; warnings still show.
+        "pgserver": {"level": "WARNING"},
     },
 }

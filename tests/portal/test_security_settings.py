@@ -28,7 +28,7 @@ from rest_framework.views import APIView
 
 from portal.models import Job, Member
 from portal.tasks_base import PlatformTask, TenantBoundTask
-from tests.conftest import OWNER_PASSWORD, ci_requires
+from tests.conftest import OWNER_PASSWORD
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_FILE = ROOT / "portal" / "settings.py"
@@ -49,9 +49,11 @@ def _master_key() -> str:
 
 def _production_env(data_dir: Path, **overrides: str | None) -> dict[str, str]:
     """A non-debug environment with real secrets; None removes a variable."""
-    database_url = os.environ.get("DATABASE_URL")
-    if not database_url:
-        ci_requires("PostgreSQL (DATABASE_URL)")
+    from tests.worker import database_url_for_worker
+
+    # The test database itself (embedded or not): production settings
+    # refuse to start without DATABASE_URL.
+    database_url = database_url_for_worker()
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("PORTAL_", "CELERY_"))
     }
@@ -100,6 +102,13 @@ def test_process_refuses_to_start_without_a_secret(tmp_path, missing):
     assert f"{missing} is required" in result.stderr
     # Nothing was generated in place of the missing secret.
     assert not (tmp_path / "secrets").exists()
+
+
+def test_production_refuses_the_embedded_database(tmp_path):
+    result = _manage("check", env=_production_env(tmp_path, DATABASE_URL=None))
+    assert result.returncode != 0
+    assert "DATABASE_URL is required when PORTAL_DEBUG is off" in result.stderr
+    assert not (tmp_path / "pgdata").exists()
 
 
 @pytest.fixture
