@@ -41,7 +41,12 @@ def _service_modules() -> list[ModuleType]:
         f"portal.services.{info.name}"
         for info in pkgutil.iter_modules(portal.services.__path__)
     ]
-    names.append("tenants.services")
+    import tenants.services
+
+    names += [
+        f"tenants.services.{info.name}"
+        for info in pkgutil.iter_modules(tenants.services.__path__)
+    ]
     return [
         importlib.import_module(name)
         for name in names
