@@ -68,6 +68,13 @@ def _new_master_key() -> str:
 
 SECRET_KEY = _secret("SECRET_KEY", lambda: secrets.token_urlsafe(50))
 PORTAL_MASTER_KEY = _secret("PORTAL_MASTER_KEY", _new_master_key)
+try:
+    # Fail at boot, not at the first encryption, on a malformed key list.
+    from portal.crypto import parse_master_keys
+
+    parse_master_keys(PORTAL_MASTER_KEY)
+except ValueError as _error:
+    raise ImproperlyConfigured(f"PORTAL_MASTER_KEY: {_error}") from None
 
 ALLOWED_HOSTS = ["*"]  # the Domain table is the allow list (TEN-2)
 
@@ -112,17 +119,19 @@ TENANT_MULTIPROCESSING_MAX_PROCESSES = 2
 
 MIDDLEWARE = [
     "portal.middleware.HealthCheckMiddleware",
-    "tenants.middleware.PortalTenantMiddleware",
-    "portal.middleware.RequestContextMiddleware",
+    # Security headers wrap every answer, including the tenant middleware's
+    # own 404 and "suspended" pages.
     "django.middleware.security.SecurityMiddleware",
     "portal.middleware.ContentSecurityPolicyMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "tenants.middleware.PortalTenantMiddleware",
+    "portal.middleware.RequestContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "portal.middleware.MemberMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "portal.middleware.ApplicationErrorMiddleware",
 ]
 

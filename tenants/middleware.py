@@ -24,6 +24,10 @@ _BLOCKED_MESSAGES = {
         "This organisation's portal is scheduled for deletion — contact your "
         "administrator."
     ),
+    TenantStatus.PURGING: (
+        "This organisation's portal is scheduled for deletion — contact your "
+        "administrator."
+    ),
 }
 
 

@@ -19,6 +19,7 @@ class TenantStatus(models.TextChoices):
     ACTIVE = "active", "Active"
     SUSPENDED = "suspended", "Suspended"
     PENDING_DELETION = "pending_deletion", "Pending deletion"
+    PURGING = "purging", "Being deleted"
     TEMPLATE = "template", "Template"
     PUBLIC = "public", "Platform"
 

@@ -13,10 +13,11 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from portal.db import current_schema
 from portal.errors import ApplicationError
 from portal.models import LoginFailure, Member, MemberSession, MemberStatus
 from portal.services.audit import audit_event_record
@@ -56,45 +57,67 @@ def login_attempt(
     so the sixth attempt fails even when correct.
     """
     username = (username or "").strip().lower()[:254]
-    if login_is_locked(username=username, ip=ip):
-        audit_event_record(action="portal.login.locked", changes={"username": username})
-        raise LoginRefused(GENERIC_LOGIN_ERROR)
-    user = authenticate(request, username=username, password=password)
-    member = Member.objects.filter(user=user).first() if user is not None else None
-    if user is None or member is None or member.status == MemberStatus.DEACTIVATED:
-        with transaction.atomic():
-            LoginFailure.objects.create(
-                username=username, ip=ip, occurred_at=timezone.now()
+    refusal: str | None = None
+    with transaction.atomic():
+        # One attempt at a time per account: parallel guesses queue behind
+        # this lock, so each one sees the failures recorded before it.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                [f"login:{current_schema()}:{username}"],
             )
+        user = None
+        if login_is_locked(username=username, ip=ip):
             audit_event_record(
-                action="portal.login.failed",
-                target=member,
-                changes={"username": username},
+                action="portal.login.locked", changes={"username": username}
             )
-            if login_is_locked(username=username, ip=ip):
+            refusal = GENERIC_LOGIN_ERROR
+        else:
+            user = authenticate(request, username=username, password=password)
+            member = (
+                Member.objects.filter(user=user).first() if user is not None else None
+            )
+            if (
+                user is None
+                or member is None
+                or member.status == MemberStatus.DEACTIVATED
+            ):
+                LoginFailure.objects.create(
+                    username=username, ip=ip, occurred_at=timezone.now()
+                )
                 audit_event_record(
-                    action="portal.login.locked",
+                    action="portal.login.failed",
                     target=member,
                     changes={"username": username},
                 )
-        raise LoginRefused(GENERIC_LOGIN_ERROR)
-    policy_error = login_policy_check(member=member, method="password")
-    if policy_error:
-        audit_event_record(
-            action="portal.login.failed",
-            target=member,
-            changes={"reason": policy_error},
-        )
-        raise LoginRefused(policy_error)
-    with transaction.atomic():
-        LoginFailure.objects.filter(username=username).delete()
-        updates = ["last_sign_in_at", "updated_at"]
-        member.last_sign_in_at = timezone.now()
-        if member.status == MemberStatus.INVITED:
-            member.status = MemberStatus.ACTIVE
-            updates.append("status")
-        member.save(update_fields=updates)
-        audit_event_record(action="portal.login.succeeded", target=member, actor=member)
+                if login_is_locked(username=username, ip=ip):
+                    audit_event_record(
+                        action="portal.login.locked",
+                        target=member,
+                        changes={"username": username},
+                    )
+                refusal = GENERIC_LOGIN_ERROR
+            elif policy_error := login_policy_check(member=member, method="password"):
+                audit_event_record(
+                    action="portal.login.failed",
+                    target=member,
+                    changes={"reason": policy_error},
+                )
+                refusal = policy_error
+            else:
+                LoginFailure.objects.filter(username=username).delete()
+                updates = ["last_sign_in_at", "updated_at"]
+                member.last_sign_in_at = timezone.now()
+                if member.status == MemberStatus.INVITED:
+                    member.status = MemberStatus.ACTIVE
+                    updates.append("status")
+                member.save(update_fields=updates)
+                audit_event_record(
+                    action="portal.login.succeeded", target=member, actor=member
+                )
+    # Raised after the block, so the failure and its audit event commit.
+    if refusal is not None or user is None:
+        raise LoginRefused(refusal or GENERIC_LOGIN_ERROR)
     return user
 
 
@@ -129,8 +152,6 @@ def session_index_on_login(
     sender: Any, request: HttpRequest, user: Any, **kwargs: Any
 ) -> None:
     """Remember which session belongs to which member (to end them later)."""
-    from portal.db import current_schema
-
     if current_schema() == "public":
         return  # an operator signing in to the console: public has no members
     member = Member.objects.filter(user=user).first()

@@ -18,6 +18,7 @@ from django.utils import timezone
 from portal.csvio import csv_lines
 from portal.errors import NotFound
 from portal.models import Job, JobStatus
+from portal.roles import can
 from portal.services.audit import audit_event_record
 from portal.services.jobs import job_progress, job_succeed
 from portal.services.keyring import keyring_file_open, keyring_file_store
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
     from portal.models import Member
 
 EXPORT_TTL = timedelta(hours=24)
+# The requester must still hold the capability the file was made under: a
+# demoted admin's unread export is out of reach at once.
+EXPORT_CAPABILITY = {
+    "audit_export": "audit.view",
+    "member_export": "members.view",
+    "member_bulk": "members.edit",
+}
 PROGRESS_EVERY = 2000
 
 
@@ -103,7 +111,12 @@ def export_open(*, job_id: str, actor: Member) -> tuple[str, Iterator[bytes]]:
     Anyone else, an unfinished job, or an expired file gets `NotFound`.
     """
     job = Job.objects.filter(pk=job_id, requester=actor).first()
-    if job is None or job.status != JobStatus.SUCCEEDED or "filename" not in job.result:
+    if (
+        job is None
+        or job.status != JobStatus.SUCCEEDED
+        or "filename" not in job.result
+        or not can(actor, EXPORT_CAPABILITY.get(job.kind, "audit.view"))
+    ):
         raise NotFound("Export not found.")
     if job.finished_at is None or timezone.now() - job.finished_at > EXPORT_TTL:
         raise NotFound("This export has expired; start a new one.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ from portal.tasks_base import enqueue_for_tenant
 
 if TYPE_CHECKING:
     from portal.models import Member
+
+logger = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 4096
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -87,7 +90,7 @@ def job_create(
         schema_name = current_schema()
         job_id = str(job.pk)
         transaction.on_commit(
-            lambda: enqueue_for_tenant(task, schema_name=schema_name, job_id=job_id)
+            lambda: _enqueue_logged(task, schema_name=schema_name, job_id=job_id)
         )
     return job
 
@@ -98,13 +101,22 @@ def job_start(*, job_id: str) -> Job | None:
 
     Counts the attempt; a job that already ran `Job.MAX_ATTEMPTS` times is
     failed instead (a task that kills its worker must not loop, TEN-9).
-    Finished or cancelled jobs return None, so redelivery is harmless.
+    Finished or cancelled jobs return None, so redelivery is harmless, and
+    so does a job another worker is running now (its heartbeat is fresh):
+    if that worker died, the reaper re-queues the job once it goes stale.
     """
     with transaction.atomic():
         job = Job.objects.select_for_update().filter(pk=job_id).first()
         if job is None or not job.is_active:
             return None
         now = timezone.now()
+        stale_after = STALE_AFTER.get(job.kind, DEFAULT_STALE_AFTER)
+        if (
+            job.status == JobStatus.RUNNING
+            and job.heartbeat_at is not None
+            and now - job.heartbeat_at < stale_after
+        ):
+            return None
         if job.attempts >= Job.MAX_ATTEMPTS:
             job.status = JobStatus.FAILED
             job.error = f"Gave up after {job.attempts} attempts."
@@ -156,6 +168,7 @@ class JobCancelled(Exception):
 
 
 @audits("portal.job.succeeded")
+@transaction.atomic
 def job_succeed(*, job: Job, result: dict[str, Any], message: str = "") -> None:
     from portal.services.audit import audit_event_record
 
@@ -207,24 +220,41 @@ def job_cancel(*, job: Job, actor: Member) -> Job:
 
 @audit_exempt("re-queues work; the job's own service audits")
 def job_reap_stale(*, tasks_by_kind: dict[str, Task]) -> list[str]:
-    """Re-queue running jobs whose heartbeat is too old (PORTAL-16).
+    """Re-send jobs whose worker died or whose message was lost (PORTAL-16).
 
+    A running job whose heartbeat is older than its kind allows is put back
+    in the queue; a queued job that nobody started within the same time is
+    sent again (its message may have been lost, or its enqueue failed after
+    commit). Each row is claimed with a conditional update, so two reapers
+    never both re-send it, and `job_start` refuses a job that is running.
     `job_start` fails a job at its fourth attempt, so a job that kills its
-    worker is not re-queued forever. Returns the re-queued job ids.
+    worker is not re-queued forever. Returns the re-sent job ids.
     """
     now = timezone.now()
     requeued: list[str] = []
     schema_name = current_schema()
-    for job in Job.objects.filter(status=JobStatus.RUNNING):
+    for job in Job.objects.filter(status__in=Job.ACTIVE):
         stale_after = STALE_AFTER.get(job.kind, DEFAULT_STALE_AFTER)
-        if job.heartbeat_at and now - job.heartbeat_at < stale_after:
+        last_sign_of_life = job.heartbeat_at or job.created_at
+        if now - last_sign_of_life < stale_after:
             continue
         task = tasks_by_kind.get(job.kind)
         if task is None:
             continue
-        Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
-            status=JobStatus.QUEUED
-        )
-        enqueue_for_tenant(task, schema_name=schema_name, job_id=str(job.pk))
+        claimed = Job.objects.filter(
+            pk=job.pk, status=job.status, heartbeat_at=job.heartbeat_at
+        ).update(status=JobStatus.QUEUED, heartbeat_at=now)
+        if not claimed:
+            continue
+        _enqueue_logged(task, schema_name=schema_name, job_id=str(job.pk))
         requeued.append(str(job.pk))
     return requeued
+
+
+def _enqueue_logged(task: Task, *, schema_name: str, job_id: str) -> None:
+    # Runs after commit: a broker outage must not turn a saved job into a
+    # 500. The reaper re-sends a queued job nobody started.
+    try:
+        enqueue_for_tenant(task, schema_name=schema_name, job_id=job_id)
+    except Exception:
+        logger.exception("Could not send job %s; the reaper will retry", job_id)

@@ -11,6 +11,7 @@ nulls its wrapped bytes: everything encrypted under it is gone
 from __future__ import annotations
 
 import os
+import secrets
 import struct
 import threading
 import time
@@ -41,11 +42,30 @@ def master_keys() -> list[MasterKey]:
     return crypto.parse_master_keys(settings.PORTAL_MASTER_KEY)
 
 
-def _schema() -> str:
+def _scope() -> str:
+    """The current tenant's id, which binds keys and fields to this tenant.
+
+    Tenant ids are never reused; schema names come back when a slug is
+    provisioned again, so a restored key must not match by schema name.
+    """
     schema = current_schema()
     if schema == "public":
         raise TenantContextError("The keyring works only in a tenant schema.")
-    return schema
+    tenant = getattr(connection, "tenant", None)
+    tenant_id = None
+    if getattr(tenant, "schema_name", None) == schema:
+        tenant_id = getattr(tenant, "pk", None)
+    if tenant_id is None:
+        from tenants.models import Tenant
+
+        tenant_id = (
+            Tenant.objects.filter(schema_name=schema)
+            .values_list("pk", flat=True)
+            .first()
+        )
+    if tenant_id is None:
+        raise TenantContextError(f"No tenant owns the schema {schema!r}.")
+    return f"tenant-{tenant_id}"
 
 
 def _aad(schema: str, purpose: str, version: int) -> bytes:
@@ -65,18 +85,25 @@ def _unwrap(row: DataKey, schema: str) -> SecretBytes:
     )
 
 
+def _sweep(now: float) -> None:
+    # Caller holds the lock. Expired keys leave memory on any access, not
+    # only when the same key is asked for again (PORTAL-19: at most 60 s).
+    for cache_key in [k for k, (expires, _) in _cache.items() if expires <= now]:
+        del _cache[cache_key]
+
+
 def _cached(schema: str, purpose: str, version: int) -> SecretBytes | None:
     with _cache_lock:
+        _sweep(time.monotonic())
         entry = _cache.get((schema, purpose, version))
-        if entry and entry[0] > time.monotonic():
-            return entry[1]
-        _cache.pop((schema, purpose, version), None)
-    return None
+        return entry[1] if entry else None
 
 
 def _remember(schema: str, purpose: str, version: int, key: SecretBytes) -> None:
     with _cache_lock:
-        _cache[(schema, purpose, version)] = (time.monotonic() + CACHE_SECONDS, key)
+        now = time.monotonic()
+        _sweep(now)
+        _cache[(schema, purpose, version)] = (now + CACHE_SECONDS, key)
 
 
 @audit_exempt("clears process memory only")
@@ -91,7 +118,7 @@ def keyring_active_key(*, purpose: str) -> tuple[int, SecretBytes]:
     """Return (version, key) of the purpose's active key, creating v1 if none."""
     if purpose not in PURPOSES:
         raise ValueError(f"Unknown key purpose {purpose!r}")
-    schema = _schema()
+    schema = _scope()
     row = DataKey.objects.filter(purpose=purpose, state=DataKeyState.ACTIVE).first()
     if row is None:
         row = _create_key(purpose=purpose, schema=schema)
@@ -106,7 +133,8 @@ def _create_key(*, purpose: str, schema: str) -> DataKey:
     with transaction.atomic():
         # Serialise creation per purpose so two first writers agree.
         connection.cursor().execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%s))", [f"keyring:{purpose}"]
+            "SELECT pg_advisory_xact_lock(hashtext(%s))",
+            [f"keyring:{schema}:{purpose}"],
         )
         existing = DataKey.objects.filter(
             purpose=purpose, state=DataKeyState.ACTIVE
@@ -131,14 +159,15 @@ def _store_new_key(*, purpose: str, version: int, schema: str) -> DataKey:
         canary=crypto.encrypt_field(key, version, _CANARY, aad=b"canary"),
     )
     row.save()
-    _remember(schema, purpose, version, key)
+    # Only once the row is committed: a rolled-back key must never be used.
+    transaction.on_commit(lambda: _remember(schema, purpose, version, key))
     return row
 
 
 @audit_exempt("read: unwraps an existing key")
 def keyring_key(*, purpose: str, version: int) -> SecretBytes:
     """Return a specific key version; raises `KeyDestroyed` once shredded."""
-    schema = _schema()
+    schema = _scope()
     key = _cached(schema, purpose, version)
     if key is not None:
         return key
@@ -152,7 +181,7 @@ def keyring_key(*, purpose: str, version: int) -> SecretBytes:
 
 @audit_exempt("pure: builds associated data")
 def field_aad(*, table: str, column: str, pk: object) -> bytes:
-    return f"{_schema()}|{table}|{column}|{pk}".encode()
+    return f"{_scope()}|{table}|{column}|{pk}".encode()
 
 
 @audit_exempt("encrypts bytes for a caller that audits its write")
@@ -189,7 +218,8 @@ def keyring_file_store(*, purpose: str, file_id: str, src: BinaryIO, path: Path)
         crypto.MasterKey(id="file", key=purpose_key), file_key, aad=file_id.encode()
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
+    # A name of its own: two deliveries of one job must not share a file.
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(8)}.part")
     with open(tmp, "wb") as dst:
         dst.write(_FILE_PREFIX.pack(_FILE_MAGIC, version, len(wrapped)))
         dst.write(wrapped)
@@ -241,7 +271,7 @@ def keyring_rotate(*, purpose: str) -> DataKey:
     """
     from portal.services.audit import audit_event_record
 
-    schema = _schema()
+    schema = _scope()
     # Evaluate the queryset: an unevaluated select_for_update locks nothing.
     list(DataKey.objects.select_for_update().filter(purpose=purpose))
     current = DataKey.objects.filter(purpose=purpose, state=DataKeyState.ACTIVE).first()
@@ -299,7 +329,7 @@ def keyring_rewrap() -> int:
     """
     from portal.services.audit import audit_event_record
 
-    schema = _schema()
+    schema = _scope()
     newest = master_keys()[0]
     moved = 0
     for row in DataKey.objects.select_for_update().exclude(
@@ -329,7 +359,7 @@ def keyring_canary_ok(*, purpose: str, version: int) -> bool:
     if row is None:
         return False
     try:
-        key = _unwrap(row, _schema())
+        key = _unwrap(row, _scope())
         return crypto.decrypt_field(key, bytes(row.canary), aad=b"canary") == _CANARY
     except (KeyDestroyed, crypto.DecryptionError):
         return False

@@ -3,6 +3,7 @@ limits, retirement with a grace period, and the purge."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from datetime import timedelta
@@ -12,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django_tenants.utils import schema_context, tenant_context
 
@@ -20,6 +22,8 @@ from portal.services.registry import audit_exempt, audits
 from tenants.models import Domain, Tenant, TenantStatus
 from tenants.services.platform import platform_audit_record
 from tenants.services.provisioning import _schema_exists
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE = timedelta(days=30)
 
@@ -73,18 +77,21 @@ def tenant_seat_limit_set(*, tenant_id: int, seat_limit: int | None) -> Tenant:
 
     with schema_context("public"):
         tenant = Tenant.objects.get(pk=tenant_id)
-    with tenant_context(tenant), transaction.atomic():
-        seat_limit_set(limit=seat_limit)
-    with schema_context("public"), transaction.atomic():
-        tenant = _tenant_for_update(tenant_id)
-        before = tenant.seat_limit
-        tenant.seat_limit = seat_limit
-        tenant.save(update_fields=["seat_limit", "updated_at"])
-        platform_audit_record(
-            action="tenant.seat_limit_changed",
-            tenant=tenant,
-            changes={"seat_limit": {"before": before, "after": seat_limit}},
-        )
+    # One transaction for both schemas (one database): the tenant's seat pool
+    # and the public mirror change together or not at all.
+    with transaction.atomic():
+        with tenant_context(tenant):
+            seat_limit_set(limit=seat_limit)
+        with schema_context("public"):
+            tenant = _tenant_for_update(tenant_id)
+            before = tenant.seat_limit
+            tenant.seat_limit = seat_limit
+            tenant.save(update_fields=["seat_limit", "updated_at"])
+            platform_audit_record(
+                action="tenant.seat_limit_changed",
+                tenant=tenant,
+                changes={"seat_limit": {"before": before, "after": seat_limit}},
+            )
     return tenant
 
 
@@ -204,12 +211,22 @@ def tenant_purge(*, tenant_id: int) -> dict[str, Any]:
     """
     from django_celery_beat.models import PeriodicTask
 
-    with schema_context("public"):
+    with schema_context("public"), transaction.atomic():
+        # Claim the tenant in one conditional update: a retirement cancelled
+        # a moment ago can no longer be purged, and once claimed it can no
+        # longer be cancelled. A purge killed midway finds it `purging`.
+        Tenant.objects.filter(
+            pk=tenant_id,
+            status=TenantStatus.PENDING_DELETION,
+            purge_after__lte=timezone.now(),
+        ).update(status=TenantStatus.PURGING)
         tenant = Tenant.objects.filter(pk=tenant_id).first()
     if tenant is None:
         raise NotFound("Tenant not found.")
-    if tenant.status != TenantStatus.PENDING_DELETION:
-        raise ApplicationError("Only a tenant pending deletion can be purged.")
+    if tenant.status != TenantStatus.PURGING:
+        raise ApplicationError(
+            "Only a tenant pending deletion whose grace period is over can be purged."
+        )
     report: dict[str, Any] = {"slug": tenant.slug, "schema": tenant.schema_name}
     for step in PURGE_STEPS:
         step(tenant)
@@ -227,7 +244,8 @@ def tenant_purge(*, tenant_id: int) -> dict[str, Any]:
     if media.exists():
         shutil.rmtree(media)
     with connection.cursor() as cursor:
-        cursor.execute(f'DROP SCHEMA IF EXISTS "{tenant.schema_name}" CASCADE')
+        schema = connection.ops.quote_name(tenant.schema_name)
+        cursor.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     with schema_context("public"), transaction.atomic():
         Domain.objects.filter(tenant_id=tenant_id).delete()
         report["verified"] = {
@@ -261,11 +279,18 @@ def tenant_purge_due() -> list[str]:
     with schema_context("public"):
         due = list(
             Tenant.objects.filter(
-                status=TenantStatus.PENDING_DELETION, purge_after__lte=timezone.now()
+                Q(status=TenantStatus.PENDING_DELETION, purge_after__lte=timezone.now())
+                | Q(status=TenantStatus.PURGING)
             ).values_list("pk", "slug")
         )
     purged = []
     for tenant_id, slug in due:
-        tenant_purge(tenant_id=tenant_id)
+        # One tenant's failure must not hold up the others; its steps are
+        # re-runnable and the next run retries it.
+        try:
+            tenant_purge(tenant_id=tenant_id)
+        except Exception:
+            logger.exception("Purge of tenant %s failed; will retry", slug)
+            continue
         purged.append(slug)
     return purged

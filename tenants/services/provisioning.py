@@ -112,6 +112,14 @@ def tenant_provision(
         schema_name = schema_for_slug(slug)
         if existing is None and Tenant.objects.filter(schema_name=schema_name).exists():
             raise Conflict(f"The schema {schema_name} is taken.", code="slug_taken")
+        if existing is None and _schema_exists(schema_name):
+            # Left over from an earlier tenant: adopting it would bring back
+            # its people, passwords and audit log. An operator decides.
+            raise Conflict(
+                f"A schema named {schema_name} already exists without a tenant; "
+                "an operator must inspect and drop it before this slug is used.",
+                code="schema_exists",
+            )
 
         progress("tenant row")
         tenant = existing or Tenant(schema_name=schema_name, slug=slug)
@@ -175,7 +183,9 @@ def _schema_create(tenant: Tenant, *, resume: bool) -> None:
             return
         if settings.TENANT_CREATION_FAKES_MIGRATIONS:
             with connection.cursor() as cursor:
-                cursor.execute(f'DROP SCHEMA "{schema}" CASCADE')
+                cursor.execute(
+                    f"DROP SCHEMA {connection.ops.quote_name(schema)} CASCADE"
+                )
         else:
             from django.core.management import call_command
 

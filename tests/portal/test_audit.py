@@ -391,3 +391,23 @@ def test_audit_export_is_private_neutralised_encrypted_and_expires(
             finished_at=timezone.now() - timedelta(hours=24, minutes=1)
         )
     assert owner.get(f"/jobs/{job.pk}/download/").status_code == 404
+
+
+def test_a_demoted_requester_can_no_longer_download_the_export(
+    tenant, make_member, client_for
+):
+    from portal.services.audit import audit_export_request, audit_export_run
+    from portal.services.members import member_role_set
+
+    admin = make_member("admin")
+    with tenant_context(tenant):
+        job = audit_export_request(actor=admin, filters={})
+        started = job_start(job_id=str(job.pk))
+        assert started is not None
+        audit_export_run(job=started)
+    client = client_for(admin)
+    assert client.get(f"/jobs/{job.pk}/download/").status_code == 200
+    with tenant_context(tenant):
+        owner = Member.objects.get(role="owner")
+        member_role_set(member=admin, role="member", actor=owner)
+    assert client.get(f"/jobs/{job.pk}/download/").status_code == 404

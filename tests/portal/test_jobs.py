@@ -145,6 +145,12 @@ def test_job_start_counts_attempts_and_gives_up_at_the_fourth(tenant, tenant_own
             assert started.attempts == attempt
             assert started.status == JobStatus.RUNNING
             assert started.heartbeat_at is not None
+            # While its worker is alive (fresh heartbeat) nobody else starts it.
+            assert job_start(job_id=str(job.pk)) is None
+            # The worker dies: its heartbeat goes stale.
+            Job.objects.filter(pk=job.pk).update(
+                heartbeat_at=timezone.now() - timedelta(minutes=10)
+            )
         assert job_start(job_id=str(job.pk)) is None
         job.refresh_from_db()
         assert job.status == JobStatus.FAILED
@@ -283,3 +289,19 @@ def test_job_api_hides_other_peoples_jobs_from_members(
     member = make_member(Role.MEMBER)
     assert client_for(member).get(f"/api/v1/jobs/{job.pk}/").status_code == 404
     assert client_for(None).get(f"/api/v1/jobs/{job.pk}/").status_code in (401, 403)
+
+
+def test_reaper_resends_a_queued_job_nobody_started(tenant, tenant_owner, sent):
+    tasks = {"audit_export": audit_export_run_task}
+    with tenant_context(tenant):
+        lost = _job(tenant_owner)
+        recent = _job(tenant_owner)
+        Job.objects.filter(pk=lost.pk).update(
+            created_at=timezone.now() - timedelta(minutes=6)
+        )
+        requeued = job_reap_stale(tasks_by_kind=tasks)
+        assert str(lost.pk) in requeued
+        assert str(recent.pk) not in requeued
+        # Sent once: the next sweep sees the fresh mark and leaves it alone.
+        assert str(lost.pk) not in job_reap_stale(tasks_by_kind=tasks)
+        assert [c["job_id"] for c in sent].count(str(lost.pk)) == 1

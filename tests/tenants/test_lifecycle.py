@@ -26,7 +26,7 @@ from django_tenants.utils import schema_context, tenant_context
 
 from portal.crypto import KeyDestroyed
 from portal.db import use_public_schema
-from portal.errors import ApplicationError
+from portal.errors import ApplicationError, TenantContextError
 from portal.models import DataKey, Member
 from portal.services import keyring
 from portal.services.keyring import keyring_decrypt, keyring_encrypt
@@ -206,8 +206,11 @@ def test_purge_removes_data_files_keys_cache_and_schedules(committed_tenant):
         assert Client(HTTP_HOST=f"{slug}.localhost").get("/").status_code == 404
 
         # The key was shredded: nothing in memory, nothing left to unwrap.
-        assert not [k for k in keyring._cache if k[0] == schema]
-        with schema_context(schema), pytest.raises((KeyDestroyed, DatabaseError)):
+        assert not [k for k in keyring._cache if k[0] == f"tenant-{tenant.pk}"]
+        with (
+            schema_context(schema),
+            pytest.raises((KeyDestroyed, DatabaseError, TenantContextError)),
+        ):
             keyring_decrypt(purpose="secrets", blob=blob, aad=b"probe")
 
         with schema_context("public"):
@@ -344,3 +347,24 @@ def test_console_retirement_needs_a_recent_sign_in(tenant, ago, retired):
         assert response.status_code == 400
         assert b"Sign in again" in response.content
         assert status == TenantStatus.ACTIVE
+
+
+def test_purge_refuses_a_pending_tenant_whose_grace_is_not_over(tenant):
+    tenant_retire_request(tenant_id=tenant.pk, reason="closing", confirm_slug="tenant")
+    with pytest.raises(ApplicationError, match="grace period"):
+        tenant_purge(tenant_id=tenant.pk)
+    with schema_context("public"):
+        assert Tenant.objects.get(pk=tenant.pk).status == TenantStatus.PENDING_DELETION
+    assert _schema_exists("t_tenant")
+
+
+def test_a_tenant_being_purged_cannot_be_cancelled_and_shows_the_deletion_page(
+    tenant,
+):
+    with schema_context("public"):
+        Tenant.objects.filter(pk=tenant.pk).update(status=TenantStatus.PURGING)
+    with pytest.raises(ApplicationError):
+        tenant_retire_cancel(tenant_id=tenant.pk)
+    response = Client(HTTP_HOST="tenant.localhost").get("/")
+    assert response.status_code == 403
+    assert b"scheduled for deletion" in response.content

@@ -586,3 +586,14 @@ def test_copied_schema_continues_its_sequences_after_the_seeded_rows(tenant):
             name="probe", codename="probe", content_type=probe
         )
         assert permission.pk > 0
+
+
+@pytest.mark.schema
+def test_a_leftover_schema_is_never_adopted(committed):
+    slug = committed(_slug("left"))
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE SCHEMA "{schema_for_slug(slug)}"')
+    with pytest.raises(Conflict, match="already exists without a tenant"):
+        tenant_provision(slug=slug, name="Left Ltd", owner_email="o@left.test")
+    with schema_context("public"):
+        assert not Tenant.objects.filter(slug=slug).exists()

@@ -531,3 +531,15 @@ def test_operator_sign_in_locks_after_five_failures(tenant):
         "/accounts/login/", {"username": "nobody@platform.test", "password": "x"}
     )
     assert b"sign-in is locked" in other.content
+
+
+def test_unknown_host_and_suspended_pages_carry_security_headers(tenant):
+    from tenants.services import tenant_suspend
+
+    unknown = Client(HTTP_HOST="nobody.localhost").get("/")
+    tenant_suspend(tenant_id=tenant.pk, reason="headers")
+    suspended = Client(HTTP_HOST="tenant.localhost").get("/")
+    for response in (unknown, suspended):
+        assert response["Content-Security-Policy"].startswith("default-src 'self'")
+        assert response["X-Frame-Options"] == "DENY"
+        assert response["X-Content-Type-Options"] == "nosniff"
