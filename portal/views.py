@@ -152,13 +152,29 @@ def member_list_view(request: HttpRequest) -> HttpResponse:
 
 
 @capability_required("members.view")
+@require_http_methods(["GET", "POST"])
 def member_export_view(request: HttpRequest) -> HttpResponseBase:
+    if request.method == "POST":
+        # A background export is a write (a job, a file): POST with CSRF and
+        # a one-time key, never a GET a link could trigger.
+        job = member_export_request(
+            actor=_member(request),
+            filters=MemberFilters.from_query(request.POST),
+            idempotency_key=request.POST.get("idempotency_key", "")[:64],
+        )
+        return redirect("portal:job-detail", job_id=job.pk)
     filters = MemberFilters.from_query(request.GET)
     lines = member_export_stream(actor=_member(request), filters=filters)
     if lines is None:
-        job = member_export_request(actor=_member(request), filters=filters)
-        messages.info(request, "The export is large, so it runs in the background.")
-        return redirect("portal:job-detail", job_id=job.pk)
+        return render(
+            request,
+            "portal/member_export_confirm.html",
+            {
+                "filters": filters.as_query(),
+                "total": member_count(filters=filters),
+                "export_key": secrets.token_urlsafe(16),
+            },
+        )
     response = StreamingHttpResponse(
         (line.encode("utf-8") for line in lines), content_type="text/csv; charset=utf-8"
     )

@@ -89,6 +89,8 @@ MATRIX: tuple[Column, ...] = (
            {"email": "new.person@example.test", "role": "member"}, writes=True),
     Column("member-export", "portal:member-export", "GET", "/members/export.csv",
            (L, 403, 200, 200, 200, 200, L)),
+    Column("member-export", "portal:member-export", "POST", "/members/export.csv",
+           (L, 403, R, R, R, R, L), {"status": "active"}, writes=True),
     Column("member-bulk", "portal:member-bulk", "POST", "/members/bulk/",
            (L, 403, 403, R, R, R, L),
            {"action": "grant_seat", "scope": "selected", "ids": "{target}"},

@@ -751,3 +751,25 @@ def test_only_csvio_makes_csv_writers():
     assert offenders == [], "use portal.csvio, not csv.writer: " + ", ".join(offenders)
     # The lint must see the one real writer, or it checks nothing.
     assert CSV_WRITER.search((ROOT / "portal" / "csvio.py").read_text(encoding="utf-8"))
+
+
+def test_a_large_export_asks_before_it_starts_a_job(tenant, tenant_client, monkeypatch):
+    from portal.services import member_export
+
+    monkeypatch.setattr(member_export, "STREAM_LIMIT", 0)
+    page = tenant_client.get("/members/export.csv?status=active")
+    assert page.status_code == 200
+    assert b"Start the export" in page.content
+    with tenant_context(tenant):
+        assert not Job.objects.filter(kind="member_export").exists()
+    started = tenant_client.post(
+        "/members/export.csv", {"status": "active", "idempotency_key": "k1"}
+    )
+    assert started.status_code == 302
+    again = tenant_client.post(
+        "/members/export.csv", {"status": "active", "idempotency_key": "k1"}
+    )
+    assert again["Location"] == started["Location"]
+    with tenant_context(tenant):
+        job = Job.objects.get(kind="member_export")
+        assert job.params == {"filters": {"status": "active"}}
