@@ -2,17 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-
-def pool_reset(conn: Any) -> None:
-    """Reset a pooled connection before it is handed to the next borrower.
-
-    TEN-11: without this, raw driver calls saw the previous borrower's
-    search_path.
-    """
-    conn.execute("RESET search_path")
-
 
 def current_schema() -> str:
     """The schema the default connection is on (django-tenants sets it)."""

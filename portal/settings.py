@@ -154,6 +154,15 @@ TEMPLATES = [
 WSGI_APPLICATION = "portal.wsgi.application"
 
 
+def _pool_reset(conn: Any) -> None:
+    """Reset a pooled connection before the next borrower gets it (TEN-11).
+
+    Without it, raw driver calls saw the previous borrower's search_path.
+    psycopg's pool wants a callable, not a dotted path.
+    """
+    conn.execute("RESET search_path")
+
+
 def _database() -> dict[str, Any]:
     url = os.environ.get("DATABASE_URL")
     if url:
@@ -176,7 +185,7 @@ def _database() -> dict[str, Any]:
             "min_size": 1,
             "max_size": 10,
             "max_lifetime": 600,
-            "reset": "portal.db.pool_reset",
+            "reset": _pool_reset,
         }
     return config
 

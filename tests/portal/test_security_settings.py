@@ -299,3 +299,22 @@ def test_session_cookie_is_host_only(anon_client):
     assert cookie["domain"] == ""
     assert cookie["httponly"]
     assert cookie["samesite"] == "Lax"
+
+
+def test_pool_option_resets_the_search_path_of_a_returned_connection(
+    production_settings,
+):
+    import psycopg
+
+    from tests.worker import database_url_for_worker
+
+    names = production_settings(PORTAL_DB_POOL="1")
+    pool = names["DATABASES"]["default"]["OPTIONS"]["pool"]
+    assert callable(pool["reset"])
+    assert pool["max_lifetime"] > 0
+    with psycopg.connect(database_url_for_worker(), autocommit=True) as conn:
+        conn.execute("SET search_path TO t_tenant, public")
+        pool["reset"](conn)
+        shown = conn.execute("SHOW search_path").fetchone()
+    assert shown is not None
+    assert "t_tenant" not in shown[0]
