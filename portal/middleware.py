@@ -117,9 +117,10 @@ class MemberMiddleware:
         request.member = None  # type: ignore[attr-defined]
         user = getattr(request, "user", None)
         if current_schema() != "public" and user is not None and user.is_authenticated:
-            from portal.models import Member, MemberStatus
+            from portal.models import MemberStatus
+            from portal.selectors.members import member_for_user
 
-            member = Member.objects.filter(user=user).first()
+            member = member_for_user(user=user)
             if member is None or member.status == MemberStatus.DEACTIVATED:
                 logout(request)
             else:

@@ -20,6 +20,7 @@ from django.utils import timezone
 from portal.db import current_schema
 from portal.errors import ApplicationError
 from portal.models import LoginFailure, Member, MemberSession, MemberStatus
+from portal.selectors.members import member_for_user
 from portal.services.audit import audit_event_record
 from portal.services.registry import audit_exempt, audits
 
@@ -74,9 +75,7 @@ def login_attempt(
             refusal = GENERIC_LOGIN_ERROR
         else:
             user = authenticate(request, username=username, password=password)
-            member = (
-                Member.objects.filter(user=user).first() if user is not None else None
-            )
+            member = member_for_user(user=user)
             if (
                 user is None
                 or member is None
@@ -154,7 +153,7 @@ def session_index_on_login(
     """Remember which session belongs to which member (to end them later)."""
     if current_schema() == "public":
         return  # an operator signing in to the console: public has no members
-    member = Member.objects.filter(user=user).first()
+    member = member_for_user(user=user)
     if member is None or not request.session.session_key:
         return
     MemberSession.objects.get_or_create(

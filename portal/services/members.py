@@ -6,7 +6,6 @@ through these services. They run in the current tenant's schema.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -76,16 +75,6 @@ def seat_pool_lock() -> SeatPool:
     """Lock and return the tenant's seat-pool row (one per schema)."""
     pool, _ = SeatPool.objects.select_for_update().get_or_create(id=1)
     return pool
-
-
-@dataclasses.dataclass(frozen=True)
-class SeatUsage:
-    used: int
-    limit: int | None
-
-    @property
-    def available(self) -> int | None:
-        return None if self.limit is None else max(0, self.limit - self.used)
 
 
 def _check_seats(pool: SeatPool, needed: int) -> None:
@@ -518,12 +507,10 @@ def member_password_set(
 def seat_snapshot_take() -> None:
     """Record today's seat usage for the 90-day chart (idempotent per day)."""
     from portal.models import SeatSnapshot
+    from portal.selectors.members import seat_summary
 
-    pool = SeatPool.objects.filter(id=1).first()
+    summary = seat_summary()
     SeatSnapshot.objects.update_or_create(
         day=timezone.localdate(),
-        defaults={
-            "used": Member.objects.filter(has_seat=True).count(),
-            "limit": pool.limit if pool else None,
-        },
+        defaults={"used": summary.used, "limit": summary.limit},
     )
