@@ -367,6 +367,18 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
         "kwargs": {"task_name": "portal.daily_upkeep"},
     },
 }
+
+# SSO (specs/sso.md). The drift is set on python3-saml once at startup.
+SSO_CLOCK_DRIFT_SECONDS = 180
+SSO_SP_KEY_BITS = 3072
+SSO_ACS_IP_PER_MINUTE = 120
+SSO_ACS_IP_REJECTIONS_PER_MINUTE = 20
+SSO_ACS_TENANT_PER_MINUTE = 1200
+CELERY_BEAT_SCHEDULE["sso.daily (all tenants)"] = {
+    "task": "portal.fan_out",
+    "schedule": 24 * 60 * 60,
+    "kwargs": {"task_name": "sso.daily"},
+}
 CELERY_TASK_ALWAYS_EAGER = _env_bool("PORTAL_CELERY_EAGER")
 
 LOGGING: dict[str, Any] = {

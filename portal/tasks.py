@@ -103,7 +103,7 @@ def fan_out_task(self: PlatformTask, *, task_name: str) -> None:
     from portal.tasks_base import enqueue_for_tenant
     from tenants.services import tenant_list_active
 
-    allowed = {"portal.jobs_reap", "portal.daily_upkeep"}
+    allowed = {"portal.jobs_reap", "portal.daily_upkeep", "sso.daily"}
     if task_name not in allowed:
         logger.error("fan_out refused unknown task %s", task_name)
         return

@@ -7,6 +7,7 @@ from django.urls import include, path
 
 urlpatterns = [
     path("", include("portal.routes", namespace="portal")),
+    path("sso/", include("sso.urls", namespace="sso")),
 ]
 
 handler404 = "portal.views.not_found_view"

@@ -38,12 +38,19 @@ from portal.selectors.members import (
     member_filter_choices,
     member_get,
     member_ids_matching,
+    member_for_user,
     member_list,
     seat_summary,
 )
 from portal.services import members as member_services
 from portal.services.audit import audit_export_request
-from portal.services.auth import login_attempt, login_unlock
+from portal.services.auth import (
+    LOGIN_ALTERNATIVES,
+    LOGOUT_HANDLERS,
+    PASSWORD_SIGN_IN_HOOKS,
+    login_attempt,
+    login_unlock,
+)
 from portal.services.bulk import member_bulk_request
 from portal.services.exports import export_open
 from portal.services.member_export import member_export_request, member_export_stream
@@ -87,11 +94,18 @@ def login_view(request: HttpRequest) -> HttpResponse:
             else:
                 login(request, user, backend=MODEL_BACKEND)  # type: ignore[arg-type]
                 mark_signed_in(request, method="password")
+                member = member_for_user(user=user)
+                for hook in PASSWORD_SIGN_IN_HOOKS:
+                    hook(request, member)
                 return redirect(next_url)
         else:
             status = 400
+    sso = any(available() for available in LOGIN_ALTERNATIVES)
     return render(
-        request, "portal/login.html", {"form": form, "next": next_url}, status=status
+        request,
+        "portal/login.html",
+        {"form": form, "next": next_url, "sso_available": sso},
+        status=status,
     )
 
 
@@ -99,8 +113,14 @@ def login_view(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def logout_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
+        # The local session always ends first; single logout follows.
+        after = [handler(request) for handler in LOGOUT_HANDLERS]
         logout(request)
         messages.info(request, "You are signed out.")
+        for finish in after:
+            response = finish() if finish else None
+            if response is not None:
+                return response
         return redirect(reverse("portal:login"))
     return render(request, "portal/logout.html")
 

@@ -121,6 +121,13 @@ def login_attempt(
 
 
 LOGIN_POLICIES: list[Any] = []
+# Called as hook(request, member) after a successful password sign-in.
+PASSWORD_SIGN_IN_HOOKS: list[Any] = []
+# Called as hook(request) before the local logout; may return a callable run
+# after it, which may return a response (single logout at the IdP).
+LOGOUT_HANDLERS: list[Any] = []
+# Called with no argument; any True shows "Sign in with SSO" on the login page.
+LOGIN_ALTERNATIVES: list[Any] = []
 
 
 @audit_exempt("read")

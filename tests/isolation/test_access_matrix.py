@@ -137,6 +137,26 @@ MATRIX: tuple[Column, ...] = (
            (L, 200, 200, 200, 200, 200, L)),
     Column("api-docs", "portal:api-docs", "GET", "/api/docs/",
            (L, 200, 200, 200, 200, 200, L)),
+    # SSO settings: owners and admins edit, read-only admins view (sso.md §2).
+    Column("sso-settings", "sso:settings", "GET", "/sso/",
+           (L, 403, 200, 403, 200, 200, L)),
+    Column("sso-settings-action", "sso:settings-action", "POST",
+           "/sso/sp-key-prepare/",
+           (L, 403, 403, 403, R, R, L)),
+    Column("sso-test-start", "sso:test-start", "POST", "/sso/test/",
+           (L, 403, 403, 403, R, R, L)),
+    Column("sso-test-result", "sso:test-result", "GET",
+           "/sso/test/00000000-0000-4000-8000-000000000000/",
+           (L, 403, 403, 403, 404, 404, L)),
+    Column("sso-link-reset", "sso:link-reset", "POST", "/sso/links/{target}/reset/",
+           (L, 403, 403, 403, R, R, L)),
+    # Public SAML endpoints: the same answer for everyone (no IdP here yet).
+    Column("sso-metadata", "sso:metadata", "GET", "/sso/saml/metadata/",
+           (200, 200, 200, 200, 200, 200, 200)),
+    Column("sso-login", "sso:login", "GET", "/sso/saml/login/",
+           (404, 404, 404, 404, 404, 404, 404)),
+    Column("sso-finish", "sso:finish", "GET", "/sso/saml/finish/",
+           (403, 403, 403, 403, 403, 403, 403)),
 )
 # fmt: on
 

@@ -33,10 +33,21 @@ PUBLIC_ROUTES: dict[str, str] = {
     "portal:logout": "signing out needs no capability",
     "console:login": "operators sign in here",
     "console:logout": "signing out needs no capability",
+    "sso:metadata": "SP metadata is public; its URL is the SP entity ID",
+    "sso:login": "starts an SP-initiated sign-in",
+    "sso:acs": "identity providers post assertions here",
+    "sso:finish": "finishes the sign-in the ACS validated",
+    "sso:sls": "identity providers send logout messages here",
 }
 
 # Tenant routes with no column in the access matrix, with the reason.
-MATRIX_EXEMPT: dict[str, str] = {}
+MATRIX_EXEMPT: dict[str, str] = {
+    # Authenticated by the message's signature, not a role, and every refusal
+    # writes an audit event by design (SSO-S18), which the matrix's "refused
+    # writes change nothing" rule forbids. Covered by tests/sso.
+    "sso:acs": "SAML ACS: tests/sso/test_acs*.py",
+    "sso:sls": "SAML single logout: tests/sso/test_slo.py",
+}
 
 # Console routes are guarded by operator status, not by a tenant role.
 CONSOLE_CAPABILITIES = frozenset({"platform.operator"})

@@ -57,8 +57,16 @@
     tick();
   }
 
+  // SAML HTTP-POST binding: forms marked data-autosubmit post themselves
+  // (the button stays for browsers without script).
+  function autoSubmit() {
+    var form = document.querySelector("form[data-autosubmit]");
+    if (form) { form.submit(); }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     tickAll();
     pollJob();
+    autoSubmit();
   });
 })();

@@ -1,0 +1,321 @@
+"""From a verified assertion to a member: profile, linking, JIT, roles.
+
+SSO-F9 (identity key), SSO-F10 (JIT and linking), SSO-F11 (attribute
+presets), SSO-F12 (group → role mapping). Every value here comes from
+python3-saml's getters after a successful validation (SSO-S2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from portal.models import Member, MemberSource, MemberStatus
+from portal.roles import Role
+from portal.services.audit import audit_event_record
+from portal.services.members import (
+    SeatLimitReached,
+    member_create,
+    member_role_set,
+    seat_grant,
+)
+from portal.services.registry import audit_exempt, audits
+from sso.errors import SamlError
+from sso.models import GroupMatch, IdentityProvider, SsoLink
+
+NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+NAMEID_TRANSIENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
+ENTRA_OVERAGE = "http://schemas.microsoft.com/claims/groups.link"
+ROLE_RANK = {
+    Role.ADMIN: 4,
+    Role.USER_ADMIN: 3,
+    Role.READONLY_ADMIN: 2,
+    Role.MEMBER: 1,
+}
+
+
+@dataclass(frozen=True)
+class VerifiedIdentity:
+    """What python3-saml verified; serialisable into the finish ticket."""
+
+    idp_entity_id: str
+    name_id: str
+    name_id_format: str
+    name_qualifier: str
+    sp_name_qualifier: str
+    session_index: str
+    session_expires_at: str  # ISO timestamp or ""
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Profile:
+    email: str
+    first_name: str
+    last_name: str
+    groups: tuple[str, ...]
+    immutable_id: str
+    employee_id: str
+
+
+def _first(attributes: dict[str, list[str]], name: str) -> str:
+    if not name:
+        return ""
+    values = attributes.get(name) or []
+    return str(values[0]).strip() if values else ""
+
+
+@audit_exempt("pure: reads verified attributes")
+def profile_from_identity(*, idp: IdentityProvider, identity: VerifiedIdentity) -> Profile:
+    """Apply the attribute mapping; `attribute_missing` lists what arrived."""
+    attrs = identity.attributes
+    if ENTRA_OVERAGE in attrs:
+        raise SamlError(
+            "groups_overage",
+            expected=f"group values in {idp.groups_attribute}",
+            received=ENTRA_OVERAGE,
+        )
+    email = _first(attrs, idp.email_attribute)
+    if not email and identity.name_id_format == NAMEID_EMAIL:
+        email = identity.name_id.strip()
+    if not email or "@" not in email:
+        raise SamlError(
+            "attribute_missing",
+            expected=f"an email in attribute {idp.email_attribute or '(none)'}",
+            received="attributes: " + (", ".join(sorted(attrs)) or "none"),
+        )
+    immutable_id = _first(attrs, idp.immutable_id_attribute)
+    if idp.immutable_id_attribute and not immutable_id:
+        raise SamlError(
+            "attribute_missing",
+            expected=f"the immutable ID attribute {idp.immutable_id_attribute}",
+            received="attributes: " + (", ".join(sorted(attrs)) or "none"),
+        )
+    if identity.name_id_format == NAMEID_TRANSIENT and not immutable_id:
+        raise SamlError(
+            "identity_unresolved",
+            expected="a persistent or email NameID, or an immutable ID attribute",
+            received=identity.name_id_format,
+        )
+    groups: list[str] = []
+    if idp.groups_attribute:
+        for value in attrs.get(idp.groups_attribute) or []:
+            text = str(value).strip()
+            if text and text not in groups:
+                groups.append(text)
+    return Profile(
+        email=email.lower()[:254],
+        first_name=_first(attrs, idp.first_name_attribute)[:150],
+        last_name=_first(attrs, idp.last_name_attribute)[:150],
+        groups=tuple(groups),
+        immutable_id=immutable_id[:256],
+        employee_id=_first(attrs, idp.employee_id_attribute)[:128],
+    )
+
+
+@audit_exempt("pure: computes a role")
+def role_for_groups(
+    *, idp: IdentityProvider, mappings: tuple[tuple[str, str], ...], groups: tuple[str, ...]
+) -> str | None:
+    """The highest mapped role, `None` when mapping is off (roles untouched)."""
+    if not idp.role_mapping_enabled:
+        return None
+    if idp.group_match == GroupMatch.IEXACT:
+        table = {g.casefold(): r for g, r in mappings}
+        found = [table[g.casefold()] for g in groups if g.casefold() in table]
+    else:
+        exact = dict(mappings)
+        found = [exact[g] for g in groups if g in exact]
+    found = [r for r in found if r in ROLE_RANK]
+    if not found:
+        if idp.group_required:
+            raise SamlError(
+                "no_matching_group",
+                expected="one of: " + ", ".join(g for g, _ in mappings)[:250],
+                received=", ".join(groups)[:250] or "no groups",
+            )
+        return idp.default_role if idp.default_role != Role.OWNER else Role.MEMBER
+    return max(found, key=lambda r: ROLE_RANK[r])
+
+
+def _domain_allowed(idp: IdentityProvider, email: str) -> bool:
+    domain = email.rsplit("@", 1)[-1].lower()
+    return domain in (idp.allowed_email_domains or [])
+
+
+def _link_key(idp: IdentityProvider, identity: VerifiedIdentity, profile: Profile) -> dict[str, str]:
+    if idp.immutable_id_attribute:
+        return {"idp_entity_id": identity.idp_entity_id, "immutable_id": profile.immutable_id}
+    return {"idp_entity_id": identity.idp_entity_id, "name_id": identity.name_id}
+
+
+def _find_candidate(
+    idp: IdentityProvider, profile: Profile, signed_in: Member | None
+) -> Member | None:
+    if profile.employee_id:
+        by_employee = Member.objects.filter(employee_id=profile.employee_id).first()
+        if by_employee is not None:
+            return by_employee
+    if not _domain_allowed(idp, profile.email):
+        if Member.objects.filter(email__iexact=profile.email).exists():
+            raise SamlError(
+                "email_domain_not_allowed",
+                expected="a domain on the SSO domain list: "
+                + (", ".join(idp.allowed_email_domains) or "(empty)"),
+                received=profile.email.rsplit("@", 1)[-1],
+            )
+        return None
+    return Member.objects.filter(email__iexact=profile.email).first()
+
+
+def _user_for(member: Member) -> User:
+    if member.user_id is not None:
+        return member.user  # type: ignore[return-value]
+    user = User.objects.filter(username=member.email.lower()).first()
+    if user is None:
+        user = User(username=member.email.lower(), email=member.email)
+        user.set_unusable_password()
+        user.save()
+    member.user = user
+    member.save(update_fields=["user", "updated_at"])
+    return user
+
+
+@audits("sso.link.created", "portal.member.created", "portal.member.role_changed")
+@transaction.atomic
+def sso_member_resolve(
+    *,
+    idp: IdentityProvider,
+    mappings: tuple[tuple[str, str], ...],
+    identity: VerifiedIdentity,
+    signed_in: Member | None = None,
+) -> tuple[Member, User, bool]:
+    """Link, provision and map roles in one transaction (SSO-F10, F12).
+
+    Returns `(member, user, created)`. Raises `SamlError` with the reason
+    code; the caller's transaction then rolls back everything (no member,
+    link, role or seat survives a refusal).
+    """
+    profile = profile_from_identity(idp=idp, identity=identity)
+    role = role_for_groups(idp=idp, mappings=mappings, groups=profile.groups)
+    key = _link_key(idp, identity, profile)
+    link = SsoLink.objects.select_for_update().filter(**key).select_related("member").first()
+    created = False
+    if link is not None:
+        member = link.member
+        if idp.immutable_id_attribute and link.name_id != identity.name_id:
+            link.name_id = identity.name_id
+    else:
+        # Keyed by NameID (or immutable ID): a person arriving under another
+        # identity is never merged into an existing link (identity_conflict).
+        member_or_none = _find_candidate(idp, profile, signed_in)
+        if member_or_none is not None:
+            member = member_or_none
+            existing = SsoLink.objects.filter(member=member).first()
+            if existing is not None:
+                raise SamlError(
+                    "identity_conflict",
+                    expected=f"NameID {existing.name_id}",
+                    received=f"NameID {identity.name_id}",
+                )
+            if member.role == Role.OWNER and (signed_in is None or signed_in.pk != member.pk):
+                raise SamlError(
+                    "identity_conflict",
+                    detail="Owners link their SSO identity by signing in with SSO "
+                    "while signed in with their password.",
+                    received=profile.email,
+                )
+        elif idp.jit_enabled:
+            if not _domain_allowed(idp, profile.email):
+                raise SamlError(
+                    "email_domain_not_allowed",
+                    expected="a domain on the SSO domain list: "
+                    + (", ".join(idp.allowed_email_domains) or "(empty)"),
+                    received=profile.email.rsplit("@", 1)[-1],
+                )
+            try:
+                member = member_create(
+                    email=profile.email,
+                    actor=None,
+                    first_name=profile.first_name,
+                    last_name=profile.last_name,
+                    role=role or (idp.default_role if idp.default_role != Role.OWNER else Role.MEMBER),
+                    source=MemberSource.SSO,
+                    employee_id=profile.employee_id,
+                    status=MemberStatus.ACTIVE,
+                )
+            except IntegrityError:
+                raise SamlError("identity_conflict", received=profile.email) from None
+            created = True
+            try:
+                with transaction.atomic():
+                    seat_grant(member_ids=[member.pk], actor=None)
+            except SeatLimitReached:
+                pass  # the member exists without a seat; admins see it
+        else:
+            raise SamlError(
+                "user_unknown",
+                expected="an existing member, or just-in-time provisioning on",
+                received=profile.email,
+            )
+        link = SsoLink(
+            member=member,
+            idp_entity_id=identity.idp_entity_id,
+            name_id=identity.name_id,
+            name_id_format=identity.name_id_format[:256],
+            immutable_id=profile.immutable_id,
+        )
+        audit_event_record(
+            action="sso.link.created",
+            target=member,
+            changes={"idp": identity.idp_entity_id[:200], "name_id": identity.name_id[:200]},
+        )
+    if member.status == MemberStatus.DEACTIVATED:
+        raise SamlError("member_deactivated", received=member.email)
+    link.last_used_at = timezone.now()
+    try:
+        with transaction.atomic():
+            link.save()
+    except IntegrityError:
+        raise SamlError("identity_conflict", received=identity.name_id) from None
+    updates: list[str] = []
+    if member.status == MemberStatus.INVITED:
+        member.status = MemberStatus.ACTIVE
+        updates.append("status")
+    if member.source != MemberSource.EDI and not created:
+        for attr in ("first_name", "last_name"):
+            value = getattr(profile, attr)
+            if value and getattr(member, attr) != value:
+                setattr(member, attr, value)
+                updates.append(attr)
+    member.last_sign_in_at = timezone.now()
+    updates.append("last_sign_in_at")
+    member.save(update_fields=[*updates, "updated_at"])
+    if role is not None and member.role != Role.OWNER and member.role != role:
+        member = member_role_set(member=member, role=role, actor=None)
+    user = _user_for(member)
+    if not user.is_active:
+        raise SamlError("member_deactivated", received=member.email)
+    return member, user, created
+
+
+@audits("sso.link.reset")
+@transaction.atomic
+def sso_link_reset(*, member: Member, actor: Member) -> bool:
+    """Forget a member's IdP identity so the next SSO sign-in links afresh."""
+    from portal.errors import PermissionDenied
+    from portal.roles import can, may_manage_member
+
+    if not can(actor, "sso.edit") or not may_manage_member(actor, member):
+        raise PermissionDenied("Your role cannot reset this member's SSO link.")
+    deleted, _ = SsoLink.objects.filter(member=member).delete()
+    if deleted:
+        audit_event_record(action="sso.link.reset", target=member, actor=actor)
+    return bool(deleted)
