@@ -290,6 +290,10 @@ def _bounded_post(request: HttpRequest) -> QueryDict | None:
     length = request.META.get("CONTENT_LENGTH") or ""
     if length.isdigit() and int(length) > MAX_MESSAGE_BYTES:
         return None
+    if request.META.get("CONTENT_TYPE", "").startswith("multipart/form-data"):
+        # Browsers post the binding's form urlencoded; multipart is parsed
+        # by Django only when its declared length is within the limit.
+        return request.POST if length.isdigit() else None
     body = request.read(MAX_MESSAGE_BYTES + 1)
     if len(body) > MAX_MESSAGE_BYTES:
         return None
