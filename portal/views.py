@@ -36,9 +36,9 @@ from portal.selectors.members import (
     MemberFilters,
     member_count,
     member_filter_choices,
+    member_for_user,
     member_get,
     member_ids_matching,
-    member_for_user,
     member_list,
     seat_summary,
 )

@@ -140,8 +140,7 @@ REASONS: dict[str, Reason] = {
     "decryption_failed": Reason(
         403,
         "The encrypted assertion could not be decrypted with this portal's key.",
-        "Load this portal's current SP metadata (encryption certificate) into "
-        "the IdP.",
+        "Load this portal's current SP metadata (encryption certificate) into the IdP.",
     ),
     "idp_status": Reason(
         403,
@@ -186,13 +185,11 @@ REASONS: dict[str, Reason] = {
     "groups_overage": Reason(
         403,
         "Entra ID sent a groups overage claim instead of the groups.",
-        "In the Entra ID application, emit only 'Groups assigned to the "
-        "application'.",
+        "In the Entra ID application, emit only 'Groups assigned to the application'.",
     ),
     "no_matching_group": Reason(
         403,
-        "None of the person's groups maps to a portal role, and a match is "
-        "required.",
+        "None of the person's groups maps to a portal role, and a match is required.",
         "Assign the person to a mapped group, or add a mapping on the SSO page.",
     ),
 }

@@ -7,7 +7,9 @@ from django import forms
 from portal.roles import Role
 from sso.models import GroupMatch, NameIdFormat, Preset
 
-MAPPABLE_ROLES = [(value, label) for value, label in Role.choices if value != Role.OWNER]
+MAPPABLE_ROLES = [
+    (value, label) for value, label in Role.choices if value != Role.OWNER
+]
 
 
 class MetadataUploadForm(forms.Form):
@@ -15,14 +17,20 @@ class MetadataUploadForm(forms.Form):
 
 
 class MetadataUrlForm(forms.Form):
-    url = forms.URLField(label="IdP metadata URL", max_length=2048, assume_scheme="https")
+    url = forms.URLField(
+        label="IdP metadata URL", max_length=2048, assume_scheme="https"
+    )
 
 
 class ManualIdpForm(forms.Form):
     entity_id = forms.CharField(label="IdP entity ID (Issuer)", max_length=1024)
-    sso_url = forms.URLField(label="Single sign-on URL", max_length=2048, assume_scheme="https")
+    sso_url = forms.URLField(
+        label="Single sign-on URL", max_length=2048, assume_scheme="https"
+    )
     slo_url = forms.URLField(
-        label="Single logout URL (optional)", max_length=2048, required=False,
+        label="Single logout URL (optional)",
+        max_length=2048,
+        required=False,
         assume_scheme="https",
     )
     certificate = forms.CharField(
@@ -50,8 +58,12 @@ class PoliciesForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2}),
         label="Email domains of your people (one per line)",
     )
-    name_id_format = forms.ChoiceField(choices=NameIdFormat.choices, label="NameID format to ask for")
-    sign_authn_requests = forms.BooleanField(required=False, label="Sign authentication requests")
+    name_id_format = forms.ChoiceField(
+        choices=NameIdFormat.choices, label="NameID format to ask for"
+    )
+    sign_authn_requests = forms.BooleanField(
+        required=False, label="Sign authentication requests"
+    )
     want_assertions_encrypted = forms.BooleanField(
         required=False, label="Require encrypted assertions (AES-GCM, RSA-OAEP)"
     )
@@ -61,14 +73,20 @@ class PoliciesForm(forms.Form):
 
 
 class EnforceForm(forms.Form):
-    enforce_sso = forms.BooleanField(required=False, label="Require SSO for everyone but owners")
+    enforce_sso = forms.BooleanField(
+        required=False, label="Require SSO for everyone but owners"
+    )
 
 
 class AttributesForm(forms.Form):
     preset = forms.ChoiceField(choices=Preset.choices, label="Identity provider type")
     email_attribute = forms.CharField(max_length=255, required=False, label="Email")
-    first_name_attribute = forms.CharField(max_length=255, required=False, label="First name")
-    last_name_attribute = forms.CharField(max_length=255, required=False, label="Last name")
+    first_name_attribute = forms.CharField(
+        max_length=255, required=False, label="First name"
+    )
+    last_name_attribute = forms.CharField(
+        max_length=255, required=False, label="Last name"
+    )
     groups_attribute = forms.CharField(max_length=255, required=False, label="Groups")
     immutable_id_attribute = forms.CharField(
         max_length=255, required=False, label="Immutable ID (optional)"
@@ -80,13 +98,18 @@ class AttributesForm(forms.Form):
 
 class RoleMappingForm(forms.Form):
     role_mapping_enabled = forms.BooleanField(
-        required=False, label="Set each person's role from their groups at every sign-in"
+        required=False,
+        label="Set each person's role from their groups at every sign-in",
     )
-    group_match = forms.ChoiceField(choices=GroupMatch.choices, label="Match group names")
+    group_match = forms.ChoiceField(
+        choices=GroupMatch.choices, label="Match group names"
+    )
     group_required = forms.BooleanField(
         required=False, label="Refuse sign-in when no group matches"
     )
-    default_role = forms.ChoiceField(choices=MAPPABLE_ROLES, label="Role when no group matches")
+    default_role = forms.ChoiceField(
+        choices=MAPPABLE_ROLES, label="Role when no group matches"
+    )
     mappings = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 4}),

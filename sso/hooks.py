@@ -66,7 +66,9 @@ def sso_logout(request: HttpRequest) -> Callable[[], HttpResponseBase | None] | 
             return None
         if start.post_fields is not None:
             return render(
-                request, "sso/autopost.html", {"action": start.url, "fields": start.post_fields}
+                request,
+                "sso/autopost.html",
+                {"action": start.url, "fields": start.post_fields},
             )
         return HttpResponseRedirect(start.url)
 
@@ -76,9 +78,15 @@ def sso_logout(request: HttpRequest) -> Callable[[], HttpResponseBase | None] | 
 def sso_card() -> Card:
     idp = idp_get()
     if idp is None:
-        return Card("sso", "Single sign-on", state="not_set_up", data={"hint": "No identity provider connected."})
+        return Card(
+            "sso",
+            "Single sign-on",
+            state="not_set_up",
+            data={"hint": "No identity provider connected."},
+        )
     expiring: list[dict[str, Any]] = [
-        {**c, "display": fingerprint_display(c["fingerprint"])} for c in certificates_expiring()
+        {**c, "display": fingerprint_display(c["fingerprint"])}
+        for c in certificates_expiring()
     ]
     return Card(
         "sso",

@@ -84,7 +84,9 @@ def saml_error_response(request: HttpRequest, error: SamlError) -> HttpResponse:
 
 @capability_required("sso.view")
 def settings_view(request: HttpRequest) -> HttpResponse:
-    return render(request, "sso/settings.html", services.sso_page_context(viewer=_member(request)))
+    return render(
+        request, "sso/settings.html", services.sso_page_context(viewer=_member(request))
+    )
 
 
 def _back(request: HttpRequest, section: str = "") -> HttpResponseRedirect:
@@ -123,7 +125,10 @@ def settings_action_view(request: HttpRequest, action: str) -> HttpResponseBase:
 
 
 def _form_error(request: HttpRequest, form: Any) -> None:
-    errors = [f"{k}: {' '.join(v)}" if k != "__all__" else " ".join(v) for k, v in form.errors.items()]
+    errors = [
+        f"{k}: {' '.join(v)}" if k != "__all__" else " ".join(v)
+        for k, v in form.errors.items()
+    ]
     raise ApplicationError("; ".join(errors) or "Check the form.")
 
 
@@ -133,7 +138,9 @@ def _metadata_upload(request: HttpRequest, actor: Member) -> object:
         _form_error(request, form)
     upload = form.cleaned_data["metadata"]
     if upload.size > 1024 * 1024:
-        raise ApplicationError("The metadata is larger than 1 MiB.", code="metadata_too_large")
+        raise ApplicationError(
+            "The metadata is larger than 1 MiB.", code="metadata_too_large"
+        )
     return services.idp_configure_from_metadata(data=upload.read(), actor=actor)
 
 
@@ -169,7 +176,9 @@ def _enforce(request: HttpRequest, actor: Member) -> object:
     form = EnforceForm(request.POST)
     if not form.is_valid():
         _form_error(request, form)
-    return services.idp_policies_set(actor=actor, enforce_sso=form.cleaned_data["enforce_sso"])
+    return services.idp_policies_set(
+        actor=actor, enforce_sso=form.cleaned_data["enforce_sso"]
+    )
 
 
 def _attributes(request: HttpRequest, actor: Member) -> object:
@@ -197,7 +206,9 @@ def _roles(request: HttpRequest, actor: Member) -> object:
 
 
 def _certificate_remove(request: HttpRequest, actor: Member) -> object:
-    services.idp_certificate_remove(fingerprint=request.POST.get("fingerprint", ""), actor=actor)
+    services.idp_certificate_remove(
+        fingerprint=request.POST.get("fingerprint", ""), actor=actor
+    )
     return None
 
 
@@ -224,7 +235,10 @@ def test_result_view(request: HttpRequest, run_id: str) -> HttpResponse:
         return render(
             request,
             "404.html",
-            {"message": "This test result expired (they are kept 15 minutes) or is not yours."},
+            {
+                "message": "This test result expired (results are kept 15 "
+                "minutes) or is not yours."
+            },
             status=404,
         )
     run, report = found
@@ -267,7 +281,9 @@ def _nonce(request: HttpRequest) -> str:
     return str(nonce)
 
 
-def _send(request: HttpRequest, url: str, fields: dict[str, str] | None) -> HttpResponseBase:
+def _send(
+    request: HttpRequest, url: str, fields: dict[str, str] | None
+) -> HttpResponseBase:
     if fields is None:
         return HttpResponseRedirect(url)
     return render(request, "sso/autopost.html", {"action": url, "fields": fields})
@@ -337,7 +353,9 @@ def finish_view(request: HttpRequest) -> HttpResponseBase:
     current: Member | None = getattr(request, "member", None)
     if request.method == "GET" and current is not None:
         if services.finish_ticket_flow(token=token) == "idp":
-            return render(request, "sso/confirm.html", {"token": token, "current": current})
+            return render(
+                request, "sso/confirm.html", {"token": token, "current": current}
+            )
     try:
         result = services.saml_finish(
             token=token,
@@ -368,20 +386,33 @@ def sls_view(request: HttpRequest) -> HttpResponseBase:
         data = _bounded_post(request)
         if data is None:
             return _too_large(request)
-        params = {k: data.get(k, "") for k in ("SAMLRequest", "SAMLResponse", "RelayState") if k in data}
+        params = {
+            k: data.get(k, "")
+            for k in ("SAMLRequest", "SAMLResponse", "RelayState")
+            if k in data
+        }
         binding = "post"
         query_string = ""
     else:
         params = {
             k: request.GET.get(k, "")
-            for k in ("SAMLRequest", "SAMLResponse", "RelayState", "SigAlg", "Signature")
+            for k in (
+                "SAMLRequest",
+                "SAMLResponse",
+                "RelayState",
+                "SigAlg",
+                "Signature",
+            )
             if k in request.GET
         }
         binding = "redirect"
         query_string = request.META.get("QUERY_STRING", "")
     try:
         outcome = services.saml_sls(
-            binding=binding, params=params, query_string=query_string, ip=client_ip(request)
+            binding=binding,
+            params=params,
+            query_string=query_string,
+            ip=client_ip(request),
         )
     except SamlError as error:
         return saml_error_response(request, error)
@@ -389,4 +420,3 @@ def sls_view(request: HttpRequest) -> HttpResponseBase:
         return _send(request, outcome.redirect.url, outcome.redirect.post_fields)
     messages.info(request, outcome.message)
     return redirect("/accounts/login/")
-

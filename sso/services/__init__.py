@@ -19,10 +19,10 @@ from portal.services.registry import audit_exempt, audits
 from sso.errors import REASONS, SamlError
 from sso.models import NameIdFormat, Preset
 from sso.services.acs import (
+    finish_ticket_flow,
     saml_acs,
     saml_finish,
     saml_login_start,
-    finish_ticket_flow,
     sso_session_record,
     test_run_get,
 )
@@ -41,9 +41,19 @@ from sso.services.config import (
     sp_urls,
 )
 from sso.services.identity import sso_link_reset
-from sso.services.keys import sp_key_activate, sp_key_ensure, sp_key_list, sp_key_prepare_next
+from sso.services.keys import (
+    sp_key_activate,
+    sp_key_ensure,
+    sp_key_list,
+    sp_key_prepare_next,
+)
 from sso.services.maintenance import certificates_expiring, idp_configure_from_url
-from sso.services.slo import saml_logout_start, saml_sls, sso_session_for, sso_session_forget
+from sso.services.slo import (
+    saml_logout_start,
+    saml_sls,
+    sso_session_for,
+    sso_session_forget,
+)
 
 __all__ = [
     "PRESETS",
@@ -99,10 +109,12 @@ def sso_page_context(*, viewer: Member) -> dict[str, Any]:
         "urls": urls,
         "metadata_url": f"{context.origin}/sso/saml/metadata/",
         "certificates": [
-            {"row": c, "display": fingerprint_display(c.fingerprint)} for c in certificates
+            {"row": c, "display": fingerprint_display(c.fingerprint)}
+            for c in certificates
         ],
         "sp_keys": [
-            {"row": k, "display": fingerprint_display(k.fingerprint)} for k in sp_key_list()
+            {"row": k, "display": fingerprint_display(k.fingerprint)}
+            for k in sp_key_list()
         ],
         "mappings_text": "\n".join(f"{m.group} = {m.role}" for m in mappings),
         "domains_text": "\n".join(idp.allowed_email_domains) if idp else "",

@@ -29,7 +29,12 @@ from lxml import etree
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from onelogin.saml2.authn_request import OneLogin_Saml2_Authn_Request
 from onelogin.saml2.constants import OneLogin_Saml2_Constants as C
-from onelogin.saml2.errors import OneLogin_Saml2_Error, OneLogin_Saml2_ValidationError as V
+from onelogin.saml2.errors import (
+    OneLogin_Saml2_Error,
+)
+from onelogin.saml2.errors import (
+    OneLogin_Saml2_ValidationError as V,
+)
 from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 
@@ -103,7 +108,9 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _request_data(context: SamlContext, path: str, get: dict[str, str] | None = None) -> dict[str, Any]:
+def _request_data(
+    context: SamlContext, path: str, get: dict[str, str] | None = None
+) -> dict[str, Any]:
     parts = urlsplit(context.origin)
     return {
         "https": "on" if parts.scheme == "https" else "off",
@@ -158,7 +165,9 @@ def saml_login_start(
         raise SamlError("sso_not_configured")
     token = secrets.token_urlsafe(32)
     now = timezone.now()
-    auth = OneLogin_Saml2_Auth(_request_data(context, "/sso/saml/login/"), context.settings)
+    auth = OneLogin_Saml2_Auth(
+        _request_data(context, "/sso/saml/login/"), context.settings
+    )
     if idp.sso_binding == Binding.POST:
         request = OneLogin_Saml2_Authn_Request(context.settings, set_nameid_policy=True)
         xml = request.get_xml()
@@ -210,7 +219,11 @@ def _claim_pending(token: str) -> PendingRequest | None:
     if row is None:
         return None
     return PendingRequest(
-        kind=row[0], request_id=row[1], next_path=row[2], session_nonce=row[3], member_id=row[4]
+        kind=row[0],
+        request_id=row[1],
+        next_path=row[2],
+        session_nonce=row[3],
+        member_id=row[4],
     )
 
 
@@ -250,7 +263,11 @@ def _keyinfo_fingerprint(root: etree._Element | None) -> str | None:
 
 
 def _validation_error(
-    exc: Exception, *, response: OneLogin_Saml2_Response, context: SamlContext, root: etree._Element | None
+    exc: Exception,
+    *,
+    response: OneLogin_Saml2_Response,
+    context: SamlContext,
+    root: etree._Element | None,
 ) -> SamlError:
     code = _ERROR_CODES.get(getattr(exc, "code", -1), "bad_structure")
     if not isinstance(exc, V):
@@ -263,7 +280,8 @@ def _validation_error(
         received = _keyinfo_fingerprint(root)
         return SamlError(
             code,
-            expected="a signature by " + ", ".join(fingerprint_display(f) for f in configured),
+            expected="a signature by "
+            + ", ".join(fingerprint_display(f) for f in configured),
             received=(
                 f"a signature by {fingerprint_display(received)}"
                 if received
@@ -271,11 +289,17 @@ def _validation_error(
             ),
         )
     if code == "issuer_mismatch":
-        return SamlError(code, expected=idp.entity_id if idp else None, received=_issuer(root))
+        return SamlError(
+            code, expected=idp.entity_id if idp else None, received=_issuer(root)
+        )
     if code == "audience_mismatch":
-        return SamlError(code, expected=context.entity_id, received=_safe(response.get_audiences))
+        return SamlError(
+            code, expected=context.entity_id, received=_safe(response.get_audiences)
+        )
     if code == "destination_mismatch":
-        return SamlError(code, expected=context.acs_url, received=_destinations(response))
+        return SamlError(
+            code, expected=context.acs_url, received=_destinations(response)
+        )
     if code in {"expired", "not_yet_valid"}:
         return SamlError(
             code,
@@ -318,7 +342,10 @@ def _conditions_window(response: OneLogin_Saml2_Response) -> str:
     nodes = _safe(lambda: response._query_assertion("/saml:Conditions")) or []  # noqa: SLF001
     if not nodes:
         return "no Conditions"
-    return f"NotBefore {nodes[0].get('NotBefore')}, NotOnOrAfter {nodes[0].get('NotOnOrAfter')}"
+    first = nodes[0]
+    return (
+        f"NotBefore {first.get('NotBefore')}, NotOnOrAfter {first.get('NotOnOrAfter')}"
+    )
 
 
 def _scd_expired(response: OneLogin_Saml2_Response) -> bool:
@@ -342,7 +369,9 @@ def _addressing_check(response: OneLogin_Saml2_Response, context: SamlContext) -
     """Exact Destination, Recipient, Audience (SSO-S11; 1.16.0 is lax here)."""
     if response.document.get("Destination") != context.acs_url:
         raise SamlError(
-            "destination_mismatch", expected=context.acs_url, received=_destinations(response)
+            "destination_mismatch",
+            expected=context.acs_url,
+            received=_destinations(response),
         )
     confirmations = response._query_assertion("/saml:Subject/saml:SubjectConfirmation")  # noqa: SLF001
     bearers = [n for n in confirmations if n.get("Method") == C.CM_BEARER]
@@ -352,11 +381,15 @@ def _addressing_check(response: OneLogin_Saml2_Response, context: SamlContext) -
         data = node.find(f"{{{NS_SAML}}}SubjectConfirmationData")
         if data is None or data.get("Recipient") != context.acs_url:
             raise SamlError(
-                "destination_mismatch", expected=context.acs_url, received=_destinations(response)
+                "destination_mismatch",
+                expected=context.acs_url,
+                received=_destinations(response),
             )
     audiences = response.get_audiences()
     if context.entity_id not in audiences:
-        raise SamlError("audience_mismatch", expected=context.entity_id, received=audiences)
+        raise SamlError(
+            "audience_mismatch", expected=context.entity_id, received=audiences
+        )
 
 
 def _response_for(context: SamlContext, b64: str) -> OneLogin_Saml2_Response:
@@ -387,7 +420,9 @@ def _replay_record(response: OneLogin_Saml2_Response, ids: list[str]) -> None:
         raise SamlError("replayed") from None
 
 
-def _identity(response: OneLogin_Saml2_Response, context: SamlContext) -> VerifiedIdentity:
+def _identity(
+    response: OneLogin_Saml2_Response, context: SamlContext
+) -> VerifiedIdentity:
     expires = response.get_session_not_on_or_after()
     attributes = {
         str(name): [str(v) for v in values if v is not None]
@@ -415,14 +450,16 @@ def _seal(payload: dict[str, Any], aad: str) -> bytes:
     )
 
 
-def _open(blob: bytes, aad: str) -> dict[str, Any]:
+def _open(blob: bytes | memoryview, aad: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(
         keyring_decrypt(purpose=KEY_PURPOSE, blob=bytes(blob), aad=aad.encode())
     )
     return data
 
 
-def _fail_event(error: SamlError, facts: AcsFacts, *, action: str = "sso.login.failed") -> AuditEvent:
+def _fail_event(
+    error: SamlError, facts: AcsFacts, *, action: str = "sso.login.failed"
+) -> AuditEvent:
     changes = error.as_changes()
     changes.update(
         {
@@ -434,7 +471,9 @@ def _fail_event(error: SamlError, facts: AcsFacts, *, action: str = "sso.login.f
             "flow": facts.kind or None,
         }
     )
-    return audit_event_record(action=action, target_label="SAML sign-in", changes=changes)
+    return audit_event_record(
+        action=action, target_label="SAML sign-in", changes=changes
+    )
 
 
 @audits("sso.login.failed", "sso.test.passed", "sso.test.failed")
@@ -463,7 +502,10 @@ def saml_acs(*, saml_response: str, relay_state: str, ip: str | None) -> AcsOutc
         if relay_state and TOKEN.match(relay_state):
             pending = _claim_pending(relay_state)
             if pending is None:
-                raise SamlError("request_unknown", detail="The RelayState token is unknown, used or expired.")
+                raise SamlError(
+                    "request_unknown",
+                    detail="The RelayState token is unknown, used or expired.",
+                )
             facts.kind = pending.kind
             if checked.in_response_to != pending.request_id:
                 raise SamlError(
@@ -494,10 +536,14 @@ def saml_acs(*, saml_response: str, relay_state: str, ip: str | None) -> AcsOutc
                 raise_exceptions=True,
             )
         except Exception as exc:  # noqa: BLE001 - every library error becomes a reason
-            raise _validation_error(exc, response=response, context=context, root=checked.root) from None
+            raise _validation_error(
+                exc, response=response, context=context, root=checked.root
+            ) from None
         _addressing_check(response, context)
         verified_irt = response.get_in_response_to()
-        if (pending and verified_irt != pending.request_id) or (not pending and verified_irt):
+        if (pending and verified_irt != pending.request_id) or (
+            not pending and verified_irt
+        ):
             raise SamlError("request_unknown" if pending else "unsolicited_response")
         facts.assertion_id = response.get_assertion_id() or ""
         _replay_record(response, [f"r:{checked.message_id}", f"a:{facts.assertion_id}"])
@@ -505,7 +551,11 @@ def saml_acs(*, saml_response: str, relay_state: str, ip: str | None) -> AcsOutc
         facts.name_id = identity.name_id
         if pending and pending.kind == PendingRequest.Kind.TEST:
             return _test_report(
-                context=context, pending=pending, identity=identity, error=None, facts=facts,
+                context=context,
+                pending=pending,
+                identity=identity,
+                error=None,
+                facts=facts,
                 verifying=_verifying_fingerprint(response, context),
             )
         token = secrets.token_urlsafe(32)
@@ -513,7 +563,9 @@ def saml_acs(*, saml_response: str, relay_state: str, ip: str | None) -> AcsOutc
         payload = {
             "flow": "sp" if pending else "idp",
             "nonce": pending.session_nonce if pending else "",
-            "next": pending.next_path if pending else safe_landing(relay_state, context=context),
+            "next": pending.next_path
+            if pending
+            else safe_landing(relay_state, context=context),
             "identity": identity.as_dict(),
             "response_id": checked.message_id,
             "assertion_id": facts.assertion_id,
@@ -531,7 +583,12 @@ def saml_acs(*, saml_response: str, relay_state: str, ip: str | None) -> AcsOutc
             acs_rejection_count(ip=ip)
         if pending is not None and pending.kind == PendingRequest.Kind.TEST and context:
             return _test_report(
-                context=context, pending=pending, identity=None, error=error, facts=facts, verifying=None
+                context=context,
+                pending=pending,
+                identity=None,
+                error=error,
+                facts=facts,
+                verifying=None,
             )
         event = _fail_event(error, facts)
         error.details["event_id"] = event.pk
@@ -543,7 +600,9 @@ def _status_of(root: etree._Element) -> str:
     return node.get("Value", "none") if node is not None else "none"
 
 
-def _verifying_fingerprint(response: OneLogin_Saml2_Response, context: SamlContext) -> str | None:
+def _verifying_fingerprint(
+    response: OneLogin_Saml2_Response, context: SamlContext
+) -> str | None:
     """Which configured certificate verified the signatures (test mode only)."""
     idp = context.idp
     if idp is None:
@@ -555,7 +614,9 @@ def _verifying_fingerprint(response: OneLogin_Saml2_Response, context: SamlConte
             (response.document, OneLogin_Saml2_Utils.RESPONSE_SIGNATURE_XPATH),
         ):
             try:
-                if OneLogin_Saml2_Utils.validate_sign(doc, cert.pem, xpath=xpath, raise_exceptions=False):
+                if OneLogin_Saml2_Utils.validate_sign(
+                    doc, cert.pem, xpath=xpath, raise_exceptions=False
+                ):
                     return cert.fingerprint
             except Exception:  # noqa: BLE001, S112 - display only
                 continue
@@ -584,8 +645,12 @@ def _test_report(
             {
                 "reason": error.code,
                 "message": error.admin_message(),
-                "expected": error.expected if isinstance(error.expected, str) else repr(error.expected),
-                "received": error.received if isinstance(error.received, str) else repr(error.received),
+                "expected": error.expected
+                if isinstance(error.expected, str)
+                else repr(error.expected),
+                "received": error.received
+                if isinstance(error.received, str)
+                else repr(error.received),
                 "fix": error.reason.fix,
             }
         )
@@ -596,12 +661,16 @@ def _test_report(
                 "name_id_format": identity.name_id_format,
                 "session_index": identity.session_index,
                 "attributes": identity.attributes,
-                "verifying_certificate": fingerprint_display(verifying) if verifying else None,
+                "verifying_certificate": fingerprint_display(verifying)
+                if verifying
+                else None,
             }
         )
         try:
             profile = profile_from_identity(idp=idp, identity=identity)
-            role = role_for_groups(idp=idp, mappings=context.mappings, groups=profile.groups)
+            role = role_for_groups(
+                idp=idp, mappings=context.mappings, groups=profile.groups
+            )
             report["mapping"] = {
                 "email": profile.email,
                 "first_name": profile.first_name,
@@ -649,17 +718,35 @@ def _test_report(
 
 STEPS = (
     ("Message decoded and well-formed", {"malformed", "too_large"}),
-    ("No DTD, allowed structure and algorithms", {"dtd_forbidden", "bad_structure", "forbidden_algorithm"}),
-    ("Answers the request this test sent", {"request_unknown", "unsolicited_response", "replayed"}),
+    (
+        "No DTD, allowed structure and algorithms",
+        {"dtd_forbidden", "bad_structure", "forbidden_algorithm"},
+    ),
+    (
+        "Answers the request this test sent",
+        {"request_unknown", "unsolicited_response", "replayed"},
+    ),
     ("IdP reported success", {"idp_status"}),
     ("Decrypted (when encrypted)", {"decryption_failed", "encryption_required"}),
-    ("Signature verified with a configured certificate", {"signature_missing", "signature_invalid"}),
+    (
+        "Signature verified with a configured certificate",
+        {"signature_missing", "signature_invalid"},
+    ),
     ("Issuer is the configured IdP", {"issuer_mismatch"}),
-    ("Addressed to this portal (Destination, Recipient, Audience)", {"destination_mismatch", "audience_mismatch"}),
+    (
+        "Addressed to this portal (Destination, Recipient, Audience)",
+        {"destination_mismatch", "audience_mismatch"},
+    ),
     ("Within its validity period", {"expired", "not_yet_valid"}),
     (
         "Attributes and groups map to a person and role",
-        {"attribute_missing", "identity_unresolved", "groups_overage", "no_matching_group", "email_domain_not_allowed"},
+        {
+            "attribute_missing",
+            "identity_unresolved",
+            "groups_overage",
+            "no_matching_group",
+            "email_domain_not_allowed",
+        },
     ),
 )
 
@@ -690,7 +777,10 @@ def _pretty(decoded: bytes) -> str:
         return ""
     try:
         root = etree.fromstring(
-            decoded, parser=etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+            decoded,
+            parser=etree.XMLParser(
+                resolve_entities=False, no_network=True, load_dtd=False
+            ),
         )
         return etree.tostring(root, pretty_print=True).decode()[:200_000]
     except etree.XMLSyntaxError:
@@ -698,7 +788,9 @@ def _pretty(decoded: bytes) -> str:
 
 
 @audit_exempt("read")
-def test_run_get(*, run_id: str, member: Member) -> tuple[TestRun, dict[str, Any]] | None:
+def test_run_get(
+    *, run_id: str, member: Member
+) -> tuple[TestRun, dict[str, Any]] | None:
     """A test report, only for the admin who started it, for 15 minutes."""
     run = TestRun.objects.filter(
         pk=run_id, member_id=member.pk, expires_at__gt=timezone.now()
@@ -765,7 +857,9 @@ class FinishResult:
 
 
 @audits("sso.login.succeeded", "sso.login.failed")
-def saml_finish(*, token: str, session_nonce: str | None, signed_in: Member | None) -> FinishResult:
+def saml_finish(
+    *, token: str, session_nonce: str | None, signed_in: Member | None
+) -> FinishResult:
     """Claim the ticket, check the browser binding, link and provision.
 
     The caller then calls `login()` (which rotates the session key) and
@@ -775,7 +869,10 @@ def saml_finish(*, token: str, session_nonce: str | None, signed_in: Member | No
     try:
         ticket = _claim_ticket(token)
         if ticket is None:
-            raise SamlError("state_mismatch", detail="The sign-in ticket is unknown, used or older than 60 seconds.")
+            raise SamlError(
+                "state_mismatch",
+                detail="The sign-in ticket is unknown, used or older than 60 seconds.",
+            )
         facts.kind = ticket.flow
         facts.response_id = ticket.response_id
         facts.assertion_id = ticket.assertion_id
@@ -784,16 +881,26 @@ def saml_finish(*, token: str, session_nonce: str | None, signed_in: Member | No
         if ticket.flow == "sp" and (
             not session_nonce or not secrets.compare_digest(ticket.nonce, session_nonce)
         ):
-            raise SamlError("state_mismatch", detail="The sign-in was started in another browser session.")
+            raise SamlError(
+                "state_mismatch",
+                detail="The sign-in was started in another browser session.",
+            )
         context = saml_context()
         idp = context.idp
         if idp is None:
             raise SamlError("sso_not_configured")
         if idp.entity_id != ticket.identity.idp_entity_id:
-            raise SamlError("issuer_mismatch", expected=idp.entity_id, received=ticket.identity.idp_entity_id)
+            raise SamlError(
+                "issuer_mismatch",
+                expected=idp.entity_id,
+                received=ticket.identity.idp_entity_id,
+            )
         with transaction.atomic():
             member, user, created = sso_member_resolve(
-                idp=idp, mappings=context.mappings, identity=ticket.identity, signed_in=signed_in
+                idp=idp,
+                mappings=context.mappings,
+                identity=ticket.identity,
+                signed_in=signed_in,
             )
             audit_event_record(
                 action="sso.login.succeeded",
@@ -815,7 +922,9 @@ def saml_finish(*, token: str, session_nonce: str | None, signed_in: Member | No
     now = timezone.now()
     expires = now + MAX_SESSION
     if ticket.identity.session_expires_at:
-        expires = min(expires, datetime.fromisoformat(ticket.identity.session_expires_at))
+        expires = min(
+            expires, datetime.fromisoformat(ticket.identity.session_expires_at)
+        )
     return FinishResult(
         member=member,
         user=user,
@@ -826,7 +935,13 @@ def saml_finish(*, token: str, session_nonce: str | None, signed_in: Member | No
 
 
 @audit_exempt("session index row; the sign-in is audited")
-def sso_session_record(*, session_key: str, member: Member, identity: VerifiedIdentity, expires_at: datetime) -> SsoSession:
+def sso_session_record(
+    *,
+    session_key: str,
+    member: Member,
+    identity: VerifiedIdentity,
+    expires_at: datetime,
+) -> SsoSession:
     """Remember the IdP session behind a Django session (for SLO, SSO-F7)."""
     row, _ = SsoSession.objects.update_or_create(
         session_key=session_key,

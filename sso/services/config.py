@@ -50,7 +50,10 @@ from sso.models import (
 from sso.services.keys import sp_key_material
 from sso.services.xmlcheck import MAX_METADATA_BYTES, xml_parse_hardened
 
-BINDING_URIS = {Binding.REDIRECT: C.BINDING_HTTP_REDIRECT, Binding.POST: C.BINDING_HTTP_POST}
+BINDING_URIS = {
+    Binding.REDIRECT: C.BINDING_HTTP_REDIRECT,
+    Binding.POST: C.BINDING_HTTP_POST,
+}
 NS_MD = "urn:oasis:names:tc:SAML:2.0:metadata"
 
 PRESETS: dict[str, dict[str, str]] = {
@@ -113,7 +116,9 @@ POLICY_FIELDS = frozenset(
         "employee_id_attribute",
     }
 )
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+)
 TEST_FRESHNESS = timedelta(hours=24)
 
 
@@ -148,7 +153,11 @@ def certificate_parse(text: str) -> ParsedCert:
             details={"certificate": ["Not a PEM certificate."]},
         )
     lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-    pem = "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+    pem = (
+        "-----BEGIN CERTIFICATE-----\n"
+        + "\n".join(lines)
+        + "\n-----END CERTIFICATE-----\n"
+    )
     try:
         cert = x509.load_pem_x509_certificate(pem.encode())
     except ValueError:
@@ -175,7 +184,9 @@ def certificate_parse(text: str) -> ParsedCert:
 
 @audit_exempt("pure: formats a fingerprint")
 def fingerprint_display(fingerprint: str) -> str:
-    return ":".join(fingerprint[i : i + 2] for i in range(0, len(fingerprint), 2)).upper()
+    return ":".join(
+        fingerprint[i : i + 2] for i in range(0, len(fingerprint), 2)
+    ).upper()
 
 
 # --- metadata ---------------------------------------------------------------
@@ -266,7 +277,9 @@ def idp_metadata_parse(data: bytes) -> IdpDescription:
             code="metadata_incomplete",
         )
     multi = idp.get("x509certMulti") or {}
-    raw_certs = multi.get("signing") or ([idp["x509cert"]] if idp.get("x509cert") else [])
+    raw_certs = multi.get("signing") or (
+        [idp["x509cert"]] if idp.get("x509cert") else []
+    )
     if not raw_certs:
         raise ApplicationError(
             "The metadata contains no signing certificate.", code="metadata_no_cert"
@@ -279,7 +292,9 @@ def idp_metadata_parse(data: bytes) -> IdpDescription:
         entity_id=entity_id.strip(),
         sso_url=_https_or_debug(sso_url, "SSO URL"),
         sso_binding=sso_binding,
-        slo_url=_https_or_debug(slo["url"], "SLO URL") if slo and slo.get("url") else "",
+        slo_url=_https_or_debug(slo["url"], "SLO URL")
+        if slo and slo.get("url")
+        else "",
         slo_binding=slo_binding if slo else Binding.REDIRECT,
         certificates=tuple(certs.values()),
     )
@@ -331,7 +346,9 @@ def idp_configure(
         )
     entity_id = description.entity_id.strip()
     if not entity_id or len(entity_id) > 1024:
-        raise ApplicationError("The IdP entity ID is required.", code="entity_id_invalid")
+        raise ApplicationError(
+            "The IdP entity ID is required.", code="entity_id_invalid"
+        )
     idp = IdentityProvider.objects.select_for_update().first()
     created = idp is None
     if idp is None:
@@ -358,7 +375,9 @@ def idp_configure(
     existing = {c.fingerprint: c for c in idp.certificates.all()}
     wanted = {c.fingerprint: c for c in description.certificates}
     added = [fp for fp in wanted if fp not in existing]
-    removed = [fp for fp in existing if fp not in wanted] if replace_certificates else []
+    removed = (
+        [fp for fp in existing if fp not in wanted] if replace_certificates else []
+    )
     for fp in added:
         cert = wanted[fp]
         IdpCertificate.objects.create(
@@ -478,7 +497,9 @@ def idp_policies_set(
         raise ApplicationError(f"Unknown SSO settings: {', '.join(sorted(unknown))}.")
     idp = IdentityProvider.objects.select_for_update().first()
     if idp is None:
-        raise NotFound("Connect the identity provider first.", code="sso_not_configured")
+        raise NotFound(
+            "Connect the identity provider first.", code="sso_not_configured"
+        )
     if "preset" in changes and changes["preset"] != Preset.CUSTOM:
         preset = changes["preset"]
         if preset not in PRESETS:
@@ -499,8 +520,13 @@ def idp_policies_set(
             )
         changes["landing_path"] = path
     if changes.get("default_role") == Role.OWNER:
-        raise ApplicationError("SSO never grants the owner role.", code="owner_protected")
-    if changes.get("name_id_format", NameIdFormat.UNSPECIFIED) not in NameIdFormat.values:
+        raise ApplicationError(
+            "SSO never grants the owner role.", code="owner_protected"
+        )
+    if (
+        changes.get("name_id_format", NameIdFormat.UNSPECIFIED)
+        not in NameIdFormat.values
+    ):
         raise ApplicationError("Unknown NameID format.")
     if changes.get("group_match", GroupMatch.EXACT) not in GroupMatch.values:
         raise ApplicationError("Unknown group matching.")
@@ -571,7 +597,9 @@ def group_mappings_set(
     _require(actor)
     idp = IdentityProvider.objects.select_for_update().first()
     if idp is None:
-        raise NotFound("Connect the identity provider first.", code="sso_not_configured")
+        raise NotFound(
+            "Connect the identity provider first.", code="sso_not_configured"
+        )
     cleaned: dict[str, str] = {}
     for group, role in mappings:
         group = (group or "").strip()
@@ -653,8 +681,14 @@ def _settings_dict(
     urls = sp_urls(origin)
     sp: dict[str, Any] = {
         "entityId": urls["entity_id"],
-        "assertionConsumerService": {"url": urls["acs_url"], "binding": C.BINDING_HTTP_POST},
-        "singleLogoutService": {"url": urls["sls_url"], "binding": C.BINDING_HTTP_REDIRECT},
+        "assertionConsumerService": {
+            "url": urls["acs_url"],
+            "binding": C.BINDING_HTTP_POST,
+        },
+        "singleLogoutService": {
+            "url": urls["sls_url"],
+            "binding": C.BINDING_HTTP_REDIRECT,
+        },
         "NameIDFormat": NAME_ID_FORMAT_URIS[
             NameIdFormat(idp.name_id_format) if idp else NameIdFormat.UNSPECIFIED
         ],
@@ -704,7 +738,9 @@ def _settings_dict(
 
 
 @audit_exempt("read: builds (and caches) the python3-saml settings")
-def saml_context(*, idp: IdentityProvider | None = None, fresh: bool = False) -> SamlContext:
+def saml_context(
+    *, idp: IdentityProvider | None = None, fresh: bool = False
+) -> SamlContext:
     """The tenant's SAML settings, rebuilt only when its config version changes.
 
     One query (the IdP row) per call; certificates, SP keys and the origin are
@@ -729,7 +765,11 @@ def saml_context(*, idp: IdentityProvider | None = None, fresh: bool = False) ->
         tuple(idp.group_mappings.values_list("group", "role")) if idp else ()
     )
     base = _settings_dict(
-        idp, origin, certs, material.active_key_pem, material.active_cert_pem,
+        idp,
+        origin,
+        certs,
+        material.active_key_pem,
+        material.active_cert_pem,
         material.next_cert_pem,
     )
     only_sp = idp is None

@@ -34,7 +34,11 @@ class FetchRefused(ApplicationError):
 def address_is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None or ip.sixtofour is not None or ip.teredo is not None:
+        if (
+            ip.ipv4_mapped is not None
+            or ip.sixtofour is not None
+            or ip.teredo is not None
+        ):
             return False
     if ip.version == 4 and ip in CGNAT:
         return False
@@ -69,7 +73,9 @@ def _resolve(host: str, port: int) -> str:
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     """Connects to a checked IP while verifying the certificate for the name."""
 
-    def __init__(self, host: str, address: str, port: int, context: ssl.SSLContext) -> None:
+    def __init__(
+        self, host: str, address: str, port: int, context: ssl.SSLContext
+    ) -> None:
         super().__init__(host, port, timeout=TIMEOUT, context=context)
         self._address = address
         self._context = context
@@ -107,7 +113,10 @@ def metadata_fetch(url: str, *, context: ssl.SSLContext | None = None) -> bytes:
             connection.request(
                 "GET",
                 path,
-                headers={"User-Agent": "portal-saml-metadata/1", "Accept": "application/xml"},
+                headers={
+                    "User-Agent": "portal-saml-metadata/1",
+                    "Accept": "application/xml",
+                },
             )
             response = connection.getresponse()
             if response.status in {301, 302, 303, 307, 308}:
@@ -124,8 +133,9 @@ def metadata_fetch(url: str, *, context: ssl.SSLContext | None = None) -> bytes:
                 raise FetchRefused("The metadata is larger than 1 MiB.")
             return body
         except (OSError, http.client.HTTPException) as exc:
-            raise FetchRefused(f"The metadata URL could not be fetched: {exc}.") from None
+            raise FetchRefused(
+                f"The metadata URL could not be fetched: {exc}."
+            ) from None
         finally:
             connection.close()
     raise FetchRefused(f"More than {MAX_REDIRECTS} redirects.")
-

@@ -30,7 +30,7 @@ from sso.models import GroupMatch, IdentityProvider, SsoLink
 NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
 NAMEID_TRANSIENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:transient"
 ENTRA_OVERAGE = "http://schemas.microsoft.com/claims/groups.link"
-ROLE_RANK = {
+ROLE_RANK: dict[str, int] = {
     Role.ADMIN: 4,
     Role.USER_ADMIN: 3,
     Role.READONLY_ADMIN: 2,
@@ -73,7 +73,9 @@ def _first(attributes: dict[str, list[str]], name: str) -> str:
 
 
 @audit_exempt("pure: reads verified attributes")
-def profile_from_identity(*, idp: IdentityProvider, identity: VerifiedIdentity) -> Profile:
+def profile_from_identity(
+    *, idp: IdentityProvider, identity: VerifiedIdentity
+) -> Profile:
     """Apply the attribute mapping; `attribute_missing` lists what arrived."""
     attrs = identity.attributes
     if ENTRA_OVERAGE in attrs:
@@ -122,7 +124,10 @@ def profile_from_identity(*, idp: IdentityProvider, identity: VerifiedIdentity) 
 
 @audit_exempt("pure: computes a role")
 def role_for_groups(
-    *, idp: IdentityProvider, mappings: tuple[tuple[str, str], ...], groups: tuple[str, ...]
+    *,
+    idp: IdentityProvider,
+    mappings: tuple[tuple[str, str], ...],
+    groups: tuple[str, ...],
 ) -> str | None:
     """The highest mapped role, `None` when mapping is off (roles untouched)."""
     if not idp.role_mapping_enabled:
@@ -150,9 +155,14 @@ def _domain_allowed(idp: IdentityProvider, email: str) -> bool:
     return domain in (idp.allowed_email_domains or [])
 
 
-def _link_key(idp: IdentityProvider, identity: VerifiedIdentity, profile: Profile) -> dict[str, str]:
+def _link_key(
+    idp: IdentityProvider, identity: VerifiedIdentity, profile: Profile
+) -> dict[str, str]:
     if idp.immutable_id_attribute:
-        return {"idp_entity_id": identity.idp_entity_id, "immutable_id": profile.immutable_id}
+        return {
+            "idp_entity_id": identity.idp_entity_id,
+            "immutable_id": profile.immutable_id,
+        }
     return {"idp_entity_id": identity.idp_entity_id, "name_id": identity.name_id}
 
 
@@ -206,7 +216,12 @@ def sso_member_resolve(
     profile = profile_from_identity(idp=idp, identity=identity)
     role = role_for_groups(idp=idp, mappings=mappings, groups=profile.groups)
     key = _link_key(idp, identity, profile)
-    link = SsoLink.objects.select_for_update().filter(**key).select_related("member").first()
+    link = (
+        SsoLink.objects.select_for_update()
+        .filter(**key)
+        .select_related("member")
+        .first()
+    )
     created = False
     if link is not None:
         member = link.member
@@ -225,7 +240,9 @@ def sso_member_resolve(
                     expected=f"NameID {existing.name_id}",
                     received=f"NameID {identity.name_id}",
                 )
-            if member.role == Role.OWNER and (signed_in is None or signed_in.pk != member.pk):
+            if member.role == Role.OWNER and (
+                signed_in is None or signed_in.pk != member.pk
+            ):
                 raise SamlError(
                     "identity_conflict",
                     detail="Owners link their SSO identity by signing in with SSO "
@@ -246,7 +263,12 @@ def sso_member_resolve(
                     actor=None,
                     first_name=profile.first_name,
                     last_name=profile.last_name,
-                    role=role or (idp.default_role if idp.default_role != Role.OWNER else Role.MEMBER),
+                    role=role
+                    or (
+                        idp.default_role
+                        if idp.default_role != Role.OWNER
+                        else Role.MEMBER
+                    ),
                     source=MemberSource.SSO,
                     employee_id=profile.employee_id,
                     status=MemberStatus.ACTIVE,
@@ -275,7 +297,10 @@ def sso_member_resolve(
         audit_event_record(
             action="sso.link.created",
             target=member,
-            changes={"idp": identity.idp_entity_id[:200], "name_id": identity.name_id[:200]},
+            changes={
+                "idp": identity.idp_entity_id[:200],
+                "name_id": identity.name_id[:200],
+            },
         )
     if member.status == MemberStatus.DEACTIVATED:
         raise SamlError("member_deactivated", received=member.email)

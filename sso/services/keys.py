@@ -45,7 +45,9 @@ class SpKeyMaterial:
 
 
 def _generate(common_name: str) -> tuple[bytes, str, str, datetime]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=settings.SSO_SP_KEY_BITS)
+    key = rsa.generate_private_key(
+        public_exponent=65537, key_size=settings.SSO_SP_KEY_BITS
+    )
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])
     now = timezone.now()
     not_after = now + timedelta(days=365 * CERT_YEARS)
@@ -70,9 +72,7 @@ def _generate(common_name: str) -> tuple[bytes, str, str, datetime]:
 
 
 def _store(state: str) -> SpKey:
-    key_pem, cert_pem, fingerprint, not_after = _generate(
-        f"{current_schema()} SAML SP"
-    )
+    key_pem, cert_pem, fingerprint, not_after = _generate(f"{current_schema()} SAML SP")
     row = SpKey(
         state=state,
         private_key=b"",

@@ -37,7 +37,11 @@ from sso.services.config import (
 )
 from sso.services.fetch import metadata_fetch
 
-THRESHOLDS = (("30d", timedelta(days=30)), ("7d", timedelta(days=7)), ("0d", timedelta(0)))
+THRESHOLDS = (
+    ("30d", timedelta(days=30)),
+    ("7d", timedelta(days=7)),
+    ("0d", timedelta(0)),
+)
 
 
 @audits("sso.idp.configured")
@@ -115,7 +119,9 @@ def _admin_emails() -> list[str]:
 
 
 @audit_exempt("read: certificates with their expiry")
-def certificates_expiring(*, within: timedelta = timedelta(days=30)) -> list[dict[str, Any]]:
+def certificates_expiring(
+    *, within: timedelta = timedelta(days=30)
+) -> list[dict[str, Any]]:
     """IdP and SP certificates that expire within `within` (dashboard banner)."""
     now = timezone.now()
     result: list[dict[str, Any]] = []
@@ -123,7 +129,11 @@ def certificates_expiring(*, within: timedelta = timedelta(days=30)) -> list[dic
     if idp is not None:
         for cert in idp.certificates.filter(not_after__lte=now + within):
             result.append(
-                {"kind": "IdP", "fingerprint": cert.fingerprint, "not_after": cert.not_after}
+                {
+                    "kind": "IdP",
+                    "fingerprint": cert.fingerprint,
+                    "not_after": cert.not_after,
+                }
             )
     for key in SpKey.objects.filter(
         state__in=[SpKeyState.ACTIVE, SpKeyState.NEXT], not_after__lte=now + within
@@ -170,11 +180,13 @@ def certificate_expiry_warn() -> int:
             subject=f"SSO: the {cert['kind']} certificate expires "
             f"{cert['not_after']:%Y-%m-%d}",
             message=(
-                f"The {cert['kind']} certificate {fingerprint_display(cert['fingerprint'])} "
+                f"The {cert['kind']} certificate "
+                f"{fingerprint_display(cert['fingerprint'])} "
                 f"of your portal's single sign-on expires on "
                 f"{cert['not_after']:%Y-%m-%d %H:%M} UTC. "
                 + (
-                    "Upload the IdP's new certificate (or fresh metadata) on the SSO page."
+                    "Upload the IdP's new certificate (or fresh metadata) on the "
+                    "SSO page."
                     if cert["kind"] == "IdP"
                     else "Prepare and activate a new SP key on the SSO page, and give "
                     "the new SP metadata to your identity provider."

@@ -64,7 +64,9 @@ def saml_logout_start(*, sso_session: SsoSession | None) -> SloRedirect | None:
     if idp is None or not idp.slo_url:
         return None
     token = secrets.token_urlsafe(32)
-    auth = OneLogin_Saml2_Auth(_request_data(context, "/accounts/logout/"), context.settings)
+    auth = OneLogin_Saml2_Auth(
+        _request_data(context, "/accounts/logout/"), context.settings
+    )
     kwargs: dict[str, Any] = {
         "name_id": sso_session.name_id,
         "session_index": sso_session.session_index or None,
@@ -85,7 +87,10 @@ def saml_logout_start(*, sso_session: SsoSession | None) -> SloRedirect | None:
         raw = xml if isinstance(xml, bytes) else xml.encode()
         result = SloRedirect(
             url=idp.slo_url,
-            post_fields={"SAMLRequest": base64.b64encode(raw).decode(), "RelayState": token},
+            post_fields={
+                "SAMLRequest": base64.b64encode(raw).decode(),
+                "RelayState": token,
+            },
         )
     else:
         url = auth.logout(return_to=token, **kwargs)
@@ -115,7 +120,9 @@ def _inflate(value: str, *, deflated: bool) -> bytes:
     try:
         data = inflater.decompress(raw, MAX_MESSAGE_BYTES + 1)
     except zlib.error:
-        raise SamlError("malformed", detail="The message is not DEFLATE-compressed.") from None
+        raise SamlError(
+            "malformed", detail="The message is not DEFLATE-compressed."
+        ) from None
     if len(data) > MAX_MESSAGE_BYTES or inflater.unconsumed_tail:
         raise SamlError("too_large")
     return data
@@ -128,7 +135,9 @@ def _redirect_signature_check(
         raise SamlError("signature_missing")
     if params["SigAlg"] not in ALLOWED_SIGNATURE_METHODS:
         raise SamlError(
-            "forbidden_algorithm", expected="RSA-SHA256/384/512", received=params["SigAlg"][:200]
+            "forbidden_algorithm",
+            expected="RSA-SHA256/384/512",
+            received=params["SigAlg"][:200],
         )
     data = _request_data(context, "/sso/saml/sls/", get=params)
     data["query_string"] = query_string
@@ -199,12 +208,16 @@ def saml_sls(
         encoded = value if redirect else base64.b64encode(xml).decode()
         request_data = _request_data(context, "/sso/saml/sls/", get=params)
         if saml_type == "SAMLRequest":
-            return _idp_logout_request(context, encoded, request_data, params, checked.message_id)
+            return _idp_logout_request(
+                context, encoded, request_data, params, checked.message_id
+            )
         return _logout_response(context, encoded, request_data, params)
     except SamlError as error:
         acs_rejection_count(ip=ip, endpoint="sls")
         event = audit_event_record(
-            action="sso.logout.failed", target_label="SAML logout", changes=error.as_changes()
+            action="sso.logout.failed",
+            target_label="SAML logout",
+            changes=error.as_changes(),
         )
         error.details["event_id"] = event.pk
         raise
@@ -233,7 +246,8 @@ def _idp_logout_request(
         try:
             with transaction.atomic():
                 ReplayEntry.objects.create(
-                    message_id=f"l:{message_id}"[:256], expires_at=now + timedelta(days=1)
+                    message_id=f"l:{message_id}"[:256],
+                    expires_at=now + timedelta(days=1),
                 )
         except Exception:  # noqa: BLE001 - unique violation
             raise SamlError("replayed") from None
@@ -302,7 +316,9 @@ def _logout_response(
         raise SamlError("replayed")
     response = OneLogin_Saml2_Logout_Response(context.settings, encoded)
     try:
-        response.is_valid(request_data, request_id=pending.request_id, raise_exceptions=True)
+        response.is_valid(
+            request_data, request_id=pending.request_id, raise_exceptions=True
+        )
     except Exception as exc:  # noqa: BLE001
         raise SamlError("request_unknown", detail=str(exc)[:200]) from None
     if response.get_in_response_to() != pending.request_id:
@@ -330,7 +346,11 @@ def _logout_response(
 def sso_session_for(*, session_key: str | None) -> SsoSession | None:
     if not session_key:
         return None
-    return SsoSession.objects.filter(session_key=session_key).select_related("member").first()
+    return (
+        SsoSession.objects.filter(session_key=session_key)
+        .select_related("member")
+        .first()
+    )
 
 
 @audit_exempt("removes the index row of a session that ended")

@@ -114,7 +114,9 @@ def b64decode_strict(value: str | bytes) -> bytes:
 
 
 @audit_exempt("pure: parses bytes")
-def xml_parse_hardened(data: bytes, *, limit: int = MAX_MESSAGE_BYTES) -> etree._Element:
+def xml_parse_hardened(
+    data: bytes, *, limit: int = MAX_MESSAGE_BYTES
+) -> etree._Element:
     """Parse untrusted XML: no DTD at all, no entities, no network."""
     if len(data) > limit:
         raise SamlError("too_large", expected=f"≤ {limit} bytes", received=len(data))
@@ -192,7 +194,11 @@ def _check_signature(signature: etree._Element, allowed_parents: set[int]) -> No
                 )
     signed_info = f"{{{NS_DS}}}SignedInfo/"
     checks = (
-        (signed_info + f"{{{NS_DS}}}CanonicalizationMethod", ALLOWED_C14N, "exclusive C14N"),
+        (
+            signed_info + f"{{{NS_DS}}}CanonicalizationMethod",
+            ALLOWED_C14N,
+            "exclusive C14N",
+        ),
         (
             signed_info + f"{{{NS_DS}}}SignatureMethod",
             ALLOWED_SIGNATURE_METHODS,
@@ -236,7 +242,7 @@ def _check_encryption(root: etree._Element) -> None:
 
 @audit_exempt("pure: inspects XML")
 def signatures_check(root: etree._Element, *, assertion: etree._Element | None) -> None:
-    """Every signature: on the root or the assertion, one Reference, allowed algorithms."""
+    """Every signature: on the root or assertion, one Reference, allowed algorithms."""
     for element in root.iter(*FORBIDDEN_DS_ELEMENTS):
         raise SamlError(
             "forbidden_algorithm",

@@ -66,7 +66,9 @@ class Command(TenantCommand):
                 if policies:
                     idp = idp_policies_set(actor=None, operator=True, **policies)
         except ApplicationError as exc:
-            raise CommandError(f"error: {exc.code}: {exc.message}", returncode=1) from None
+            raise CommandError(
+                f"error: {exc.code}: {exc.message}", returncode=1
+            ) from None
         urls = sp_urls(saml_context(idp=idp).origin)
         self.stdout.write(
             json.dumps(
