@@ -420,6 +420,14 @@ def _replay_record(response: OneLogin_Saml2_Response, ids: list[str]) -> None:
         raise SamlError("replayed") from None
 
 
+def _seen(response_id: str) -> bool:
+    """Was this Response ID accepted before (a rejection reason only)?"""
+    return (
+        bool(response_id)
+        and ReplayEntry.objects.filter(message_id=f"r:{response_id}"[:256]).exists()
+    )
+
+
 def _identity(
     response: OneLogin_Saml2_Response, context: SamlContext
 ) -> VerifiedIdentity:
@@ -501,6 +509,8 @@ def saml_acs(*, saml_response: str, relay_state: str, ip: str | None) -> AcsOutc
         facts.in_response_to = checked.in_response_to or ""
         if relay_state and TOKEN.match(relay_state):
             pending = _claim_pending(relay_state)
+            if pending is None and _seen(checked.message_id):
+                raise SamlError("replayed")
             if pending is None:
                 raise SamlError(
                     "request_unknown",
