@@ -47,6 +47,12 @@ def _service_modules() -> list[ModuleType]:
         f"tenants.services.{info.name}"
         for info in pkgutil.iter_modules(tenants.services.__path__)
     ]
+    import sso.services
+
+    names += ["sso.services"] + [
+        f"sso.services.{info.name}"
+        for info in pkgutil.iter_modules(sso.services.__path__)
+    ]
     return [
         importlib.import_module(name)
         for name in names
