@@ -50,8 +50,6 @@ def sso_logout(request: HttpRequest) -> Callable[[], HttpResponseBase | None] | 
 
     def after() -> HttpResponseBase | None:
         from django.contrib import messages
-        from django.http import HttpResponseRedirect
-        from django.shortcuts import render
 
         try:
             start = saml_logout_start(sso_session=row)
@@ -64,13 +62,9 @@ def sso_logout(request: HttpRequest) -> Callable[[], HttpResponseBase | None] | 
             return None
         if start is None:
             return None
-        if start.post_fields is not None:
-            return render(
-                request,
-                "sso/autopost.html",
-                {"action": start.url, "fields": start.post_fields},
-            )
-        return HttpResponseRedirect(start.url)
+        from sso.views import idp_navigation
+
+        return idp_navigation(request, start.url, start.post_fields, after_form=True)
 
     return after
 

@@ -187,7 +187,7 @@ class SpKey(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["state"],
-                condition=Q(state__in=["active", "next"]),
+                condition=~Q(state="retired"),
                 name="sso_spkey_one_per_state",
             )
         ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.http import (
@@ -225,7 +227,7 @@ def test_start_view(request: HttpRequest) -> HttpResponseBase:
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return _back(request)
-    return _send(request, start.url, start.post_fields)
+    return _send(request, start.url, start.post_fields, after_form=True)
 
 
 @capability_required("sso.edit")
@@ -282,11 +284,41 @@ def _nonce(request: HttpRequest) -> str:
 
 
 def _send(
-    request: HttpRequest, url: str, fields: dict[str, str] | None
+    request: HttpRequest,
+    url: str,
+    fields: dict[str, str] | None,
+    *,
+    after_form: bool = False,
 ) -> HttpResponseBase:
-    if fields is None:
-        return HttpResponseRedirect(url)
-    return render(request, "sso/autopost.html", {"action": url, "fields": fields})
+    return idp_navigation(request, url, fields, after_form=after_form)
+
+
+def idp_navigation(
+    request: HttpRequest,
+    url: str,
+    fields: dict[str, str] | None,
+    *,
+    after_form: bool = False,
+) -> HttpResponseBase:
+    """The response that takes the browser to the IdP.
+
+    CSP `form-action 'self'` also governs where a form's response may
+    redirect, so after a POST from our own page (test connection, sign-out)
+    we answer with a page that navigates on; an auto-posting form gets a
+    CSP that admits the IdP's origin as a form target.
+    """
+    if fields is not None:
+        response = render(
+            request, "sso/autopost.html", {"action": url, "fields": fields}
+        )
+        parts = urlsplit(url)
+        response["Content-Security-Policy"] = settings.PORTAL_CSP.replace(
+            "form-action 'self'", f"form-action 'self' {parts.scheme}://{parts.netloc}"
+        )
+        return response
+    if after_form:
+        return render(request, "sso/continue.html", {"url": url})
+    return HttpResponseRedirect(url)
 
 
 @public_view("starts SP-initiated sign-in")

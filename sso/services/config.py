@@ -48,13 +48,20 @@ from sso.models import (
     Preset,
 )
 from sso.services.keys import sp_key_material
-from sso.services.xmlcheck import MAX_METADATA_BYTES, xml_parse_hardened
+from sso.services.xmlcheck import MAX_METADATA_BYTES, NS_DS, xml_parse_hardened
 
 BINDING_URIS = {
     Binding.REDIRECT: C.BINDING_HTTP_REDIRECT,
     Binding.POST: C.BINDING_HTTP_POST,
 }
 NS_MD = "urn:oasis:names:tc:SAML:2.0:metadata"
+# A KeyDescriptor without `use` serves both purposes; `use="encryption"`
+# never verifies a signature (ADFS publishes its token-decrypting key so).
+SIGNING_CERTS = etree.XPath(
+    "md:KeyDescriptor[not(@use) or normalize-space(@use)='signing']"
+    "/ds:KeyInfo/ds:X509Data/ds:X509Certificate",
+    namespaces={"md": NS_MD, "ds": NS_DS},
+)
 
 PRESETS: dict[str, dict[str, str]] = {
     Preset.ENTRA: {
@@ -249,12 +256,17 @@ def idp_metadata_parse(data: bytes) -> IdpDescription:
             code="metadata_ambiguous",
         )
     text = etree.tostring(root)
-    redirect = OneLogin_Saml2_IdPMetadataParser.parse(text)
+    # python3-saml reads the first EntityDescriptor; inside an
+    # EntitiesDescriptor, name the one that holds the IDPSSODescriptor.
+    owner = descriptors[0].getparent()
+    named = owner.get("entityID") if owner is not None and owner is not root else None
+    select = {"entity_id": named} if named and "'" not in named else {}
+    redirect = OneLogin_Saml2_IdPMetadataParser.parse(text, **select)
     idp = redirect.get("idp", {})
     sso_binding = Binding.REDIRECT
     if not idp.get("singleSignOnService"):
         idp = OneLogin_Saml2_IdPMetadataParser.parse(
-            text, required_sso_binding=C.BINDING_HTTP_POST
+            text, required_sso_binding=C.BINDING_HTTP_POST, **select
         ).get("idp", {})
         sso_binding = Binding.POST
     slo_binding = Binding.REDIRECT
@@ -262,7 +274,7 @@ def idp_metadata_parse(data: bytes) -> IdpDescription:
     if not slo:
         slo = (
             OneLogin_Saml2_IdPMetadataParser.parse(
-                text, required_slo_binding=C.BINDING_HTTP_POST
+                text, required_slo_binding=C.BINDING_HTTP_POST, **select
             )
             .get("idp", {})
             .get("singleLogoutService")
@@ -276,10 +288,11 @@ def idp_metadata_parse(data: bytes) -> IdpDescription:
             "sign-on URL.",
             code="metadata_incomplete",
         )
-    multi = idp.get("x509certMulti") or {}
-    raw_certs = multi.get("signing") or (
-        [idp["x509cert"]] if idp.get("x509cert") else []
-    )
+    # Not python3-saml's x509cert: with a lone encryption key it reports
+    # that key, which must never verify a signature.
+    raw_certs = [
+        "".join((node.text or "").split()) for node in SIGNING_CERTS(descriptors[0])
+    ]
     if not raw_certs:
         raise ApplicationError(
             "The metadata contains no signing certificate.", code="metadata_no_cert"

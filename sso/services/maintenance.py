@@ -6,7 +6,7 @@ Also the two hooks the portal core asks other apps for: the login policy
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from django.core.mail import send_mail
@@ -37,11 +37,9 @@ from sso.services.config import (
 )
 from sso.services.fetch import metadata_fetch
 
-THRESHOLDS = (
-    ("30d", timedelta(days=30)),
-    ("7d", timedelta(days=7)),
-    ("0d", timedelta(0)),
-)
+# Whole UTC days left until the expiry date: the daily run may come at any
+# hour, and "on the day" means the expiry date itself, before the moment.
+THRESHOLDS = (("30d", 30), ("7d", 7), ("0d", 0))
 
 
 @audits("sso.idp.configured")
@@ -151,10 +149,11 @@ def certificate_expiry_warn() -> int:
     Expiry alone never blocks sign-in (SSO-F15): trust is in the key.
     """
     now = timezone.now()
+    today = now.astimezone(UTC).date()
     sent = 0
-    for cert in certificates_expiring():
-        remaining = cert["not_after"] - now
-        due = [label for label, delta in THRESHOLDS if remaining <= delta]
+    for cert in certificates_expiring(within=timedelta(days=31)):
+        days_left = (cert["not_after"].astimezone(UTC).date() - today).days
+        due = [label for label, days in THRESHOLDS if days_left <= days]
         if not due:
             continue
         label = due[-1]  # the most urgent threshold reached

@@ -43,6 +43,7 @@ from sso.services.xmlcheck import (
     LOGOUT_REQUEST,
     LOGOUT_RESPONSE,
     MAX_MESSAGE_BYTES,
+    NS_DS,
     b64decode_strict,
     logout_precheck,
 )
@@ -152,13 +153,22 @@ def _redirect_signature_check(
         raise SamlError("signature_invalid")
 
 
-def _post_signature_check(context: SamlContext, xml: bytes) -> None:
-    if b"Signature" not in xml:
+def _post_signature_check(context: SamlContext, xml: bytes, root: Any) -> None:
+    """The enveloped signature of the LogoutRequest/LogoutResponse itself.
+
+    `validate_sign` looks for `/samlp:Response/ds:Signature` unless told
+    otherwise, so the XPath names the logout message's own Signature.
+    """
+    if root.find(f"{{{NS_DS}}}Signature") is None:
         raise SamlError("signature_missing")
+    local = root.tag.rsplit("}", 1)[-1]
     idp = context.idp
     certs = [c.pem for c in idp.certificates.all()] if idp else []
-    if not OneLogin_Saml2_Utils.validate_sign(
-        xml, multicerts=certs, raise_exceptions=False
+    if not certs or not OneLogin_Saml2_Utils.validate_sign(
+        xml,
+        multicerts=certs,
+        xpath=f"/samlp:{local}/ds:Signature",
+        raise_exceptions=False,
     ):
         raise SamlError("signature_invalid")
 
@@ -198,7 +208,7 @@ def saml_sls(
         if redirect:
             _redirect_signature_check(context, params, query_string, saml_type)
         else:
-            _post_signature_check(context, xml)
+            _post_signature_check(context, xml, checked.root)
         if checked.root.get("Destination") != context.sls_url:
             raise SamlError(
                 "destination_mismatch",

@@ -62,6 +62,8 @@
   function autoSubmit() {
     var form = document.querySelector("form[data-autosubmit]");
     if (form) { form.submit(); }
+    var link = document.querySelector("a[data-autonavigate]");
+    if (link) { window.location.assign(link.href); }
   }
 
   document.addEventListener("DOMContentLoaded", function () {
