@@ -324,6 +324,15 @@ def idp_navigation(
 @public_view("starts SP-initiated sign-in")
 @require_http_methods(["GET"])
 def login_start_view(request: HttpRequest) -> HttpResponseBase:
+    # The finish step runs on the primary domain (the ACS URL's host), so the
+    # browser session that starts the sign-in must live there too.
+    primary = services.primary_host()
+    if primary and request.get_host().lower() != primary:
+        query = request.META.get("QUERY_STRING", "")
+        return HttpResponseRedirect(
+            f"{services.tenant_origin_url()}/sso/saml/login/"
+            + (f"?{query}" if query else "")
+        )
     try:
         start = services.saml_login_start(
             next_path=request.GET.get("next"), session_nonce=_nonce(request)

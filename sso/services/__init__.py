@@ -95,6 +95,18 @@ def saml_refusal_record(*, error: SamlError, endpoint: str) -> AuditEvent:
     )
 
 
+@audit_exempt("read: the canonical origin")
+def tenant_origin_url() -> str:
+    return saml_context().origin
+
+
+@audit_exempt("read: the primary domain with its port, as in the ACS URL")
+def primary_host() -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(saml_context().origin).netloc.lower()
+
+
 @audit_exempt("read: builds the SSO page")
 def sso_page_context(*, viewer: Member) -> dict[str, Any]:
     """Everything the `/sso/` page shows; creates the SP key on the first visit."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -93,6 +95,16 @@ def profile_from_identity(
             expected=f"an email in attribute {idp.email_attribute or '(none)'}",
             received="attributes: " + (", ".join(sorted(attrs)) or "none"),
         )
+    try:
+        validate_email(email)
+    except ValidationError:
+        # Caught here, not by member_create's ApplicationError, so the refusal
+        # has its reason code and audit event (the value is not logged).
+        raise SamlError(
+            "attribute_missing",
+            expected=f"a valid email address in {idp.email_attribute or 'the NameID'}",
+            received="a value that is not an email address",
+        ) from None
     immutable_id = _first(attrs, idp.immutable_id_attribute)
     if idp.immutable_id_attribute and not immutable_id:
         raise SamlError(
@@ -222,6 +234,22 @@ def sso_member_resolve(
         .select_related("member")
         .first()
     )
+    if link is None and idp.immutable_id_attribute:
+        # A link made before the immutable ID attribute was configured: the
+        # same (IdP, NameID) without an immutable ID is the same identity, so
+        # it adopts the ID (not a merge; a changed NameID still conflicts).
+        link = (
+            SsoLink.objects.select_for_update()
+            .filter(
+                idp_entity_id=identity.idp_entity_id,
+                name_id=identity.name_id,
+                immutable_id="",
+            )
+            .select_related("member")
+            .first()
+        )
+        if link is not None:
+            link.immutable_id = profile.immutable_id
     created = False
     if link is not None:
         member = link.member
