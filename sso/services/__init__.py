@@ -124,6 +124,7 @@ def sso_page_context(*, viewer: Member) -> dict[str, Any]:
             {"row": c, "display": fingerprint_display(c.fingerprint)}
             for c in certificates
         ],
+        "has_next_key": any(k.state == "next" for k in sp_key_list()),
         "sp_keys": [
             {"row": k, "display": fingerprint_display(k.fingerprint)}
             for k in sp_key_list()
