@@ -213,7 +213,9 @@ class IdpDescription:
 
 def _https_or_debug(url: str, label: str) -> str:
     url = (url or "").strip()
-    allowed = ("https://", "http://") if settings.DEBUG else ("https://",)
+    # http only where the portal itself runs on http (PORTAL_DEBUG, tests).
+    plain = settings.DEBUG or settings.PORTAL_PUBLIC_SCHEME == "http"
+    allowed = ("https://", "http://") if plain else ("https://",)
     if not url.startswith(allowed) or len(url) > 2048 or any(c.isspace() for c in url):
         raise ApplicationError(
             f"The {label} must be an https:// URL.",

@@ -23,6 +23,42 @@ from sso.services.xmlcheck import MAX_METADATA_BYTES
 TIMEOUT = 5.0
 MAX_REDIRECTS = 3
 CGNAT = ipaddress.ip_network("100.64.0.0/10")
+# IANA's special-purpose ranges that are not globally reachable, listed here
+# because `ipaddress` in Python < 3.11.10 gets some wrong (CVE-2024-4032:
+# 192.0.0.0/24 counts as global in 3.11.7).
+BLOCKED_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/96",
+        "::ffff:0:0/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "2002::/16",
+        "3fff::/20",
+        "5f00::/16",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
+    )
+)
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class FetchRefused(ApplicationError):
@@ -32,7 +68,15 @@ class FetchRefused(ApplicationError):
 
 @audit_exempt("pure: classifies an address")
 def address_is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if any(ip in network for network in BLOCKED_NETWORKS):
+        return False
+    if ip in NAT64:
+        # DNS64 maps IPv4-only hosts here: judge the embedded IPv4 address.
+        return address_is_public(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
     if isinstance(ip, ipaddress.IPv6Address):
         if (
             ip.ipv4_mapped is not None

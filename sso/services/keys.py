@@ -41,7 +41,9 @@ class SpKeyMaterial:
     active_key_pem: str
     active_cert_pem: str
     next_cert_pem: str | None
-    decrypt_keys: tuple[str, ...]  # active first, then retired within 30 days
+    # Active first, then the prepared next key (the metadata already offers
+    # its certificate for encryption), then keys retired within 30 days.
+    decrypt_keys: tuple[str, ...]
 
 
 def _generate(common_name: str) -> tuple[bytes, str, str, datetime]:
@@ -68,6 +70,8 @@ def _generate(common_name: str) -> tuple[bytes, str, str, datetime]:
     )
     cert_der = cert.public_bytes(serialization.Encoding.DER)
     cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    # The certificate holds whole seconds; store exactly what it says.
+    not_after = cert.not_valid_after_utc
     return key_pem, cert_pem, hashlib.sha256(cert_der).hexdigest(), not_after
 
 
@@ -192,11 +196,12 @@ def sp_key_material() -> SpKeyMaterial:
         and r.retired_at + RETIRED_KEEP > now
     ]
     active_pem = _decrypt(active)
+    others = ([nxt] if nxt else []) + retired
     return SpKeyMaterial(
         active_key_pem=active_pem,
         active_cert_pem=active.certificate,
         next_cert_pem=nxt.certificate if nxt else None,
-        decrypt_keys=(active_pem, *(_decrypt(r) for r in retired)),
+        decrypt_keys=(active_pem, *(_decrypt(r) for r in others)),
     )
 
 

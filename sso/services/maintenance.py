@@ -36,6 +36,7 @@ from sso.services.config import (
     idp_metadata_parse,
 )
 from sso.services.fetch import metadata_fetch
+from sso.services.keys import RETIRED_KEEP
 
 # Whole UTC days left until the expiry date: the daily run may come at any
 # hour, and "on the day" means the expiry date itself, before the moment.
@@ -200,7 +201,11 @@ def certificate_expiry_warn() -> int:
 
 @audit_exempt("housekeeping: removes expired records only")
 def sso_housekeeping() -> dict[str, int]:
-    """Delete expired pending requests, replay entries, tickets, test runs."""
+    """Delete expired pending requests, replay entries, tickets, test runs.
+
+    Also erases the private key of SP keys retired more than 30 days ago:
+    they no longer decrypt anything (SSO-F4); the row stays as history.
+    """
     now = timezone.now()
     counts: dict[str, int] = {}
     for name, model in (
@@ -211,6 +216,13 @@ def sso_housekeeping() -> dict[str, int]:
         ("sessions", SsoSession),
     ):
         counts[name], _ = model.objects.filter(expires_at__lt=now).delete()  # type: ignore[attr-defined]
+    counts["retired_keys"] = (
+        SpKey.objects.filter(
+            state=SpKeyState.RETIRED, retired_at__lt=now - RETIRED_KEEP
+        )
+        .exclude(private_key=b"")
+        .update(private_key=b"")
+    )
     return counts
 
 

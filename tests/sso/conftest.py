@@ -38,7 +38,9 @@ _KEY_POOL: dict[tuple[str, int], tuple[bytes, str, str, Any]] = {}
 
 
 @pytest.fixture(autouse=True)
-def fast_sp_keys(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def fast_sp_keys(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Reuse generated RSA-3072 SP keys across tests (per schema, in order).
 
     Each test rolls back its SP key rows, and RSA-3072 generation costs
@@ -61,9 +63,14 @@ def fast_sp_keys(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 @pytest.fixture(autouse=True)
 def _fresh_settings_cache() -> Iterator[None]:
+    """Fresh SAML settings and rate counters (the cache outlives a test)."""
+    from django.core.cache import cache
+
     saml_context_forget()
+    cache.clear()
     yield
     saml_context_forget()
+    cache.clear()
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +111,10 @@ class SamlHarness:
         """GET /sso/saml/login/; returns the IdP Redirect URL."""
         url = "/sso/saml/login/" + (f"?next={next_path}" if next_path else "")
         response = client.get(url)
-        assert response.status_code == 302, (response.status_code, response.content[:300])
+        assert response.status_code == 302, (
+            response.status_code,
+            response.content[:300],
+        )
         return str(response["Location"])
 
     def answer(self, login_url: str, email: str, **kw: Any) -> tuple[str, str | None]:
@@ -185,7 +195,11 @@ def connect(
         else:
             idp.add_sp_metadata(sp_metadata)
         idp_configure_from_metadata(data=idp.metadata().encode(), actor=None)
-        settings = {"jit_enabled": True, "allowed_email_domains": [CORP], "preset": "okta"}
+        settings = {
+            "jit_enabled": True,
+            "allowed_email_domains": [CORP],
+            "preset": "okta",
+        }
         settings.update(policies)
         idp_policies_set(actor=None, operator=True, **settings)
         host = tenant.domains.first().domain  # type: ignore[union-attr]
