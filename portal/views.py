@@ -116,6 +116,7 @@ def logout_view(request: HttpRequest) -> HttpResponse:
         # The local session always ends first; single logout follows.
         after = [handler(request) for handler in LOGOUT_HANDLERS]
         logout(request)
+        request.member = None  # type: ignore[attr-defined]
         messages.info(request, "You are signed out.")
         for finish in after:
             response = finish() if finish else None

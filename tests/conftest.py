@@ -234,3 +234,13 @@ def drop_tenant_now(tenant_id: int) -> None:
         )
         tenant.domains.all().delete()
         Tenant.objects.filter(pk=tenant_id).delete()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keyring() -> Iterator[None]:
+    """Each test rolls back its data keys, so no unwrapped key may outlive it."""
+    from portal.services.keyring import keyring_forget
+
+    keyring_forget()
+    yield
+    keyring_forget()

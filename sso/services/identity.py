@@ -226,7 +226,13 @@ def sso_member_resolve(
     link, role or seat survives a refusal).
     """
     profile = profile_from_identity(idp=idp, identity=identity)
-    role = role_for_groups(idp=idp, mappings=mappings, groups=profile.groups)
+    # Owners are never changed by SSO, so a required group does not apply to
+    # them; everyone else is refused before anything is written.
+    role_error: SamlError | None = None
+    try:
+        role = role_for_groups(idp=idp, mappings=mappings, groups=profile.groups)
+    except SamlError as error:
+        role, role_error = None, error
     key = _link_key(idp, identity, profile)
     link = (
         SsoLink.objects.select_for_update()
@@ -278,6 +284,8 @@ def sso_member_resolve(
                     received=profile.email,
                 )
         elif idp.jit_enabled:
+            if role_error is not None:
+                raise role_error
             if not _domain_allowed(idp, profile.email):
                 raise SamlError(
                     "email_domain_not_allowed",
@@ -351,6 +359,8 @@ def sso_member_resolve(
     member.last_sign_in_at = timezone.now()
     updates.append("last_sign_in_at")
     member.save(update_fields=[*updates, "updated_at"])
+    if role_error is not None and member.role != Role.OWNER:
+        raise role_error
     if role is not None and member.role != Role.OWNER and member.role != role:
         member = member_role_set(member=member, role=role, actor=None)
     user = _user_for(member)
