@@ -370,13 +370,14 @@ def _too_large(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["POST"])
 def acs_view(request: HttpRequest) -> HttpResponseBase:
     data = _bounded_post(request)
-    if data is None:
-        return _too_large(request)
     try:
+        # An oversized body is refused by the service after the SSO and rate
+        # checks (spec order), so it counts against the rate limits too.
         outcome = services.saml_acs(
-            saml_response=data.get("SAMLResponse", ""),
-            relay_state=data.get("RelayState", ""),
+            saml_response=data.get("SAMLResponse", "") if data else "",
+            relay_state=data.get("RelayState", "") if data else "",
             ip=client_ip(request),
+            oversize=data is None,
         )
     except SamlError as error:
         return saml_error_response(request, error)
@@ -387,6 +388,7 @@ def acs_view(request: HttpRequest) -> HttpResponseBase:
 
 
 @public_view("finishes the SAML sign-in started at the ACS")
+@sensitive_post_parameters("t")
 @require_http_methods(["GET", "POST"])
 def finish_view(request: HttpRequest) -> HttpResponseBase:
     token = request.POST.get("t") if request.method == "POST" else request.GET.get("t")
@@ -421,6 +423,7 @@ def finish_view(request: HttpRequest) -> HttpResponseBase:
 
 @public_view("the IdP's single-logout messages arrive here")
 @csrf_exempt
+@sensitive_post_parameters("SAMLRequest", "SAMLResponse", "RelayState")
 @require_http_methods(["GET", "POST"])
 def sls_view(request: HttpRequest) -> HttpResponseBase:
     if request.method == "POST":

@@ -61,11 +61,13 @@ from sso.services.identity import (
 )
 from sso.services.limits import acs_rate_check, acs_rejection_count
 from sso.services.xmlcheck import (
+    MAX_MESSAGE_BYTES,
     NS_DS,
     NS_SAML,
     b64decode_strict,
     decrypted_precheck,
     response_precheck,
+    xml_parse_hardened,
 )
 
 PENDING_TTL = timedelta(minutes=10)
@@ -386,9 +388,64 @@ def _addressing_check(response: OneLogin_Saml2_Response, context: SamlContext) -
                 received=_destinations(response),
             )
     audiences = response.get_audiences()
-    if context.entity_id not in audiences:
+    # Every AudienceRestriction must name this SP (SAML core 2.5.1.4);
+    # python3-saml only looks at the union of their Audiences.
+    restrictions = response._query_assertion(  # noqa: SLF001
+        "/saml:Conditions/saml:AudienceRestriction"
+    )
+    if not restrictions or any(
+        context.entity_id
+        not in [a.text for a in node.findall(f"{{{NS_SAML}}}Audience")]
+        for node in restrictions
+    ):
         raise SamlError(
             "audience_mismatch", expected=context.entity_id, received=audiences
+        )
+
+
+def _in_response_to_check(
+    response: OneLogin_Saml2_Response, pending: PendingRequest | None
+) -> None:
+    """The verified Response and its bearer confirmations answer our request.
+
+    SP-initiated: the Response's InResponseTo and that of every bearer
+    SubjectConfirmationData (SAML profiles 4.1.4.2: MUST match the request)
+    equal the pending request's ID; the confirmation sits in the signed
+    Assertion, whereas the Response may be unsigned. IdP-initiated: no
+    InResponseTo anywhere (SSO-S12). python3-saml compares the confirmation's
+    value only with the Response's, and only when both are present.
+    """
+    expected = pending.request_id if pending else None
+    response_value = response.get_in_response_to()
+    confirmations: list[tuple[bool, str | None]] = [
+        (
+            node.get("Method") == C.CM_BEARER,
+            data.get("InResponseTo"),
+        )
+        for node in response._query_assertion(  # noqa: SLF001
+            "/saml:Subject/saml:SubjectConfirmation"
+        )
+        for data in node.findall(f"{{{NS_SAML}}}SubjectConfirmationData")
+    ]
+    values = [response_value, *(value for _, value in confirmations)]
+    received = ", ".join(str(v) for v in values)[:300]
+    if pending is None:
+        if any(v is not None for v in values):
+            raise SamlError(
+                "unsolicited_response",
+                expected="no InResponseTo",
+                received=", ".join(v for v in values if v is not None)[:300],
+            )
+        return
+    if response_value != expected or any(
+        value != expected
+        for bearer, value in confirmations
+        if bearer or value is not None
+    ):
+        raise SamlError(
+            "request_unknown",
+            expected=f"InResponseTo {expected}",
+            received=f"InResponseTo {received}",
         )
 
 
@@ -485,9 +542,18 @@ def _fail_event(
 
 
 @audits("sso.login.failed", "sso.test.passed", "sso.test.failed")
-def saml_acs(*, saml_response: str, relay_state: str, ip: str | None) -> AcsOutcome:
+def saml_acs(
+    *,
+    saml_response: str,
+    relay_state: str,
+    ip: str | None,
+    oversize: bool = False,
+) -> AcsOutcome:
     """Validate an IdP's POST; on success hand a finish ticket to the browser.
 
+    `oversize`: the view found the body over 256 KiB and read no further;
+    the refusal (`too_large`) is decided after the configuration and rate
+    checks, so that it counts as a request and a rejection like any other.
     Raises `SamlError` (with `details["event_id"]`) on every refusal, after
     its audit event is committed. A test-connection run never raises after
     its token is claimed: it redirects to its report instead.
@@ -502,6 +568,8 @@ def saml_acs(*, saml_response: str, relay_state: str, ip: str | None) -> AcsOutc
             raise SamlError("sso_not_configured")
         facts.idp_entity_id = idp.entity_id
         acs_rate_check(ip=ip)
+        if oversize:
+            raise SamlError("too_large", expected=f"≤ {MAX_MESSAGE_BYTES} bytes")
         decoded = b64decode_strict(saml_response)
         facts.decoded = decoded
         checked = response_precheck(decoded)
@@ -550,11 +618,7 @@ def saml_acs(*, saml_response: str, relay_state: str, ip: str | None) -> AcsOutc
                 exc, response=response, context=context, root=checked.root
             ) from None
         _addressing_check(response, context)
-        verified_irt = response.get_in_response_to()
-        if (pending and verified_irt != pending.request_id) or (
-            not pending and verified_irt
-        ):
-            raise SamlError("request_unknown" if pending else "unsolicited_response")
+        _in_response_to_check(response, pending)
         facts.assertion_id = response.get_assertion_id() or ""
         _replay_record(response, [f"r:{checked.message_id}", f"a:{facts.assertion_id}"])
         identity = _identity(response, context)
@@ -654,6 +718,8 @@ def _test_report(
         report.update(
             {
                 "reason": error.code,
+                "summary": error.reason.summary
+                + (f" {error.detail}" if error.detail else ""),
                 "message": error.admin_message(),
                 "expected": error.expected
                 if isinstance(error.expected, str)
@@ -783,18 +849,14 @@ def _would_match(email: str) -> str:
 
 
 def _pretty(decoded: bytes) -> str:
+    """The decoded Response for the test report, through the one hardened parser."""
     if not decoded:
         return ""
     try:
-        root = etree.fromstring(
-            decoded,
-            parser=etree.XMLParser(
-                resolve_entities=False, no_network=True, load_dtd=False
-            ),
-        )
-        return etree.tostring(root, pretty_print=True).decode()[:200_000]
-    except etree.XMLSyntaxError:
+        root = xml_parse_hardened(decoded)
+    except SamlError:
         return decoded[:20_000].decode("utf-8", "replace")
+    return etree.tostring(root, pretty_print=True).decode()[:200_000]
 
 
 @audit_exempt("read")

@@ -36,23 +36,28 @@ def _count(key: str, *, bump: bool) -> int:
 
 @audit_exempt("counters only; the refusal is audited by the caller")
 def acs_rate_check(*, ip: str | None, endpoint: str = "acs") -> None:
-    """Count one request; raise `rate_limited` (with retry-after) over a limit."""
+    """Count one request; raise `rate_limited` (with retry-after) over a limit.
+
+    The per-address limits are checked first, and only a request within them
+    counts toward the tenant-wide limit: one address flooding the endpoint
+    cannot spend the budget every other address shares.
+    """
     minute, retry = _window()
     who = ip or "unknown"
     over = (
-        _count(f"sso:{endpoint}:all:{minute}", bump=True)
-        > settings.SSO_ACS_TENANT_PER_MINUTE
-    )
-    over = (
         _count(f"sso:{endpoint}:ip:{who}:{minute}", bump=True)
         > settings.SSO_ACS_IP_PER_MINUTE
-        or over
     )
     over = (
         _count(f"sso:{endpoint}:rej:{who}:{minute}", bump=False)
         >= settings.SSO_ACS_IP_REJECTIONS_PER_MINUTE
         or over
     )
+    if not over:
+        over = (
+            _count(f"sso:{endpoint}:all:{minute}", bump=True)
+            > settings.SSO_ACS_TENANT_PER_MINUTE
+        )
     if over:
         error = SamlError("rate_limited", expected="fewer sign-in attempts per minute")
         error.details["retry_after"] = retry

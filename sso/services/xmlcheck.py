@@ -3,8 +3,9 @@
 It runs before python3-saml sees a byte (SSO-S4, SSO-S5, SSO-S17): a
 hardened lxml parser (no DTD, no entities, no network, no huge trees), then
 the structure and algorithm allow-list, so that python3-saml's transform
-engine never runs an XSLT or XPath transform and never decrypts with
-rsa-1_5 or CBC. Its findings may only *reject* a message; nothing it reads
+engine never runs an XSLT or XPath transform, never decrypts with rsa-1_5
+or CBC, and never lets xmlsec fetch a URI (CipherReference,
+RetrievalMethod). Its findings may only *reject* a message; nothing it reads
 is ever used to accept one or to choose a configuration (SSO-S2).
 """
 
@@ -24,6 +25,7 @@ NS_SAMLP = "urn:oasis:names:tc:SAML:2.0:protocol"
 NS_SAML = "urn:oasis:names:tc:SAML:2.0:assertion"
 NS_DS = "http://www.w3.org/2000/09/xmldsig#"
 NS_XENC = "http://www.w3.org/2001/04/xmlenc#"
+ENCRYPTED_KEY_TYPE = "http://www.w3.org/2001/04/xmlenc#EncryptedKey"
 
 RESPONSE = f"{{{NS_SAMLP}}}Response"
 LOGOUT_REQUEST = f"{{{NS_SAMLP}}}LogoutRequest"
@@ -72,6 +74,7 @@ FORBIDDEN_DS_ELEMENTS = frozenset(
 )
 
 MAX_MESSAGE_BYTES = 256 * 1024
+MAX_ENCRYPTED_KEYS = 4  # one per SP certificate is plenty (key rollover)
 MAX_METADATA_BYTES = 1024 * 1024
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _WHITESPACE = re.compile(rb"[ \t\r\n]+")
@@ -220,6 +223,42 @@ def _check_signature(signature: etree._Element, allowed_parents: set[int]) -> No
 
 
 def _check_encryption(root: etree._Element) -> None:
+    """Allowed algorithms, and nothing that makes xmlsec fetch or transform.
+
+    xmlsec decrypts with its own URI resolver: an `xenc:CipherReference`
+    (or a `ds:RetrievalMethod` to anything but a sibling EncryptedKey) reads
+    `file://` URIs, so `file:///dev/zero` would be read until memory runs
+    out, and its Transforms run like a signature's. python3-saml decrypts
+    before checking any signature, and the SP's encryption certificate is
+    public, so anyone can build such a message.
+    """
+    for reference in root.iter(f"{{{NS_XENC}}}CipherReference"):
+        raise SamlError(
+            "forbidden_algorithm",
+            expected="the ciphertext inline (CipherValue)",
+            received="CipherReference " + (reference.get("URI") or "")[:200],
+        )
+    for method in root.iter(f"{{{NS_DS}}}RetrievalMethod"):
+        if (
+            not (method.get("URI") or "").startswith("#")
+            or method.get("Type") != ENCRYPTED_KEY_TYPE
+            or any(isinstance(child.tag, str) for child in method)
+        ):
+            raise SamlError(
+                "forbidden_algorithm",
+                expected="a RetrievalMethod pointing at an EncryptedKey in the "
+                "message, without Transforms",
+                received="RetrievalMethod " + (method.get("URI") or "")[:200],
+            )
+    keys = list(root.iter(f"{{{NS_XENC}}}EncryptedKey"))
+    if len(keys) > MAX_ENCRYPTED_KEYS:
+        # xmlsec tries every one with an RSA private-key operation (~2 ms
+        # each at 3072 bits) before any signature is checked.
+        raise SamlError(
+            "bad_structure",
+            expected=f"at most {MAX_ENCRYPTED_KEYS} EncryptedKey elements",
+            received=len(keys),
+        )
     for data in root.iter(f"{{{NS_XENC}}}EncryptedData"):
         method = data.find(f"{{{NS_XENC}}}EncryptionMethod")
         algorithm = method.get("Algorithm") if method is not None else None
@@ -256,12 +295,32 @@ def signatures_check(root: etree._Element, *, assertion: etree._Element | None) 
     if assertion is not None:
         allowed.add(id(assertion))
     parents: set[int] = set()
+    # The checked elements stay referenced, so their proxies (and ids) hold.
+    checked_transforms: list[etree._Element] = []
     for signature in root.iter(SIGNATURE):
         _check_signature(signature, allowed)
         parent_key = id(signature.getparent())
         if parent_key in parents:
             raise SamlError("bad_structure", detail="Two signatures on one element.")
         parents.add(parent_key)
+        checked_transforms.extend(
+            signature.iterfind(
+                f"{{{NS_DS}}}SignedInfo/{{{NS_DS}}}Reference/{{{NS_DS}}}Transforms"
+            )
+        )
+    checked_ids = {id(t) for t in checked_transforms}
+    # Transforms anywhere else (KeyInfo, RetrievalMethod, CipherReference,
+    # DataReference) would run outside the allow-list above.
+    for tag in (f"{{{NS_DS}}}Transforms", f"{{{NS_XENC}}}Transforms"):
+        for transforms in root.iter(tag):
+            if id(transforms) not in checked_ids:
+                raise SamlError(
+                    "forbidden_algorithm",
+                    detail="Transforms are accepted only in a signature's Reference.",
+                    received=_local(transforms.getparent().tag)
+                    if transforms.getparent() is not None
+                    else "Transforms",
+                )
 
 
 @audit_exempt("pure: inspects XML")
