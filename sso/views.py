@@ -357,13 +357,6 @@ def _bounded_post(request: HttpRequest) -> QueryDict | None:
     return QueryDict(body, encoding="utf-8")
 
 
-def _too_large(request: HttpRequest) -> HttpResponse:
-    error = SamlError("too_large", expected=f"≤ {MAX_MESSAGE_BYTES} bytes")
-    event = services.saml_refusal_record(error=error, endpoint="acs")
-    error.details["event_id"] = event.pk
-    return saml_error_response(request, error)
-
-
 @public_view("the IdP posts assertions here (SAML HTTP-POST binding)")
 @csrf_exempt
 @sensitive_post_parameters("SAMLResponse", "RelayState")
@@ -426,14 +419,14 @@ def finish_view(request: HttpRequest) -> HttpResponseBase:
 @sensitive_post_parameters("SAMLRequest", "SAMLResponse", "RelayState")
 @require_http_methods(["GET", "POST"])
 def sls_view(request: HttpRequest) -> HttpResponseBase:
+    oversize = False
     if request.method == "POST":
         data = _bounded_post(request)
-        if data is None:
-            return _too_large(request)
+        oversize = data is None
         params = {
             k: data.get(k, "")
             for k in ("SAMLRequest", "SAMLResponse", "RelayState")
-            if k in data
+            if data is not None and k in data
         }
         binding = "post"
         query_string = ""
@@ -457,6 +450,7 @@ def sls_view(request: HttpRequest) -> HttpResponseBase:
             params=params,
             query_string=query_string,
             ip=client_ip(request),
+            oversize=oversize,
         )
     except SamlError as error:
         return saml_error_response(request, error)

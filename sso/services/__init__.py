@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from portal.models import AuditEvent, Member
+from portal.models import Member
 from portal.roles import Role, can
-from portal.services.audit import audit_event_record
-from portal.services.registry import audit_exempt, audits
-from sso.errors import REASONS, SamlError
+from portal.services.registry import audit_exempt
+from sso.errors import REASONS
 from sso.models import NameIdFormat, Preset
 from sso.services.acs import (
     finish_ticket_flow,
@@ -72,7 +71,6 @@ __all__ = [
     "saml_finish",
     "saml_login_start",
     "saml_logout_start",
-    "saml_refusal_record",
     "saml_sls",
     "sp_key_activate",
     "sp_key_prepare_next",
@@ -84,15 +82,6 @@ __all__ = [
     "sso_session_record",
     "test_run_get",
 ]
-
-
-@audits("sso.login.failed", "sso.logout.failed")
-def saml_refusal_record(*, error: SamlError, endpoint: str) -> AuditEvent:
-    """Audit a refusal decided before the service ran (the body-size limit)."""
-    action = "sso.logout.failed" if endpoint == "sls" else "sso.login.failed"
-    return audit_event_record(
-        action=action, target_label="SAML message", changes=error.as_changes()
-    )
 
 
 @audit_exempt("read: the canonical origin")

@@ -39,6 +39,7 @@ from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 
 from portal.models import AuditEvent, Member
+from portal.roles import Role
 from portal.services.audit import audit_event_record
 from portal.services.keyring import keyring_decrypt, keyring_encrypt
 from portal.services.registry import audit_exempt, audits
@@ -285,9 +286,10 @@ def _validation_error(
             expected="a signature by "
             + ", ".join(fingerprint_display(f) for f in configured),
             received=(
-                f"a signature by {fingerprint_display(received)}"
+                "a signature whose embedded (unverified) certificate is "
+                f"{fingerprint_display(received)}, which is not configured"
                 if received
-                else "a signature whose certificate was not included"
+                else "a signature that verifies with no configured certificate"
             ),
         )
     if code == "issuer_mismatch":
@@ -753,19 +755,23 @@ def _test_report(
                 "last_name": profile.last_name,
                 "groups": list(profile.groups),
                 "role": role or "unchanged",
-                "member": _would_match(profile.email),
+                "role_label": Role(role).label if role else "unchanged",
+                "member": _would_match(idp, profile.email),
             }
         except SamlError as mapping_error:
             error = mapping_error
             report.update(
                 {
                     "reason": mapping_error.code,
+                    "summary": mapping_error.reason.summary,
                     "message": mapping_error.admin_message(),
                     "fix": mapping_error.reason.fix,
                 }
             )
     passed = error is None
-    report["checks"] = _checklist(error)
+    report["checks"] = _checklist(
+        error, encrypted=b"EncryptedAssertion" in facts.decoded
+    )
     now = timezone.now()
     with transaction.atomic():
         run = TestRun(
@@ -827,12 +833,14 @@ STEPS = (
 )
 
 
-def _checklist(error: SamlError | None) -> list[dict[str, str]]:
+def _checklist(error: SamlError | None, *, encrypted: bool) -> list[dict[str, str]]:
     result: list[dict[str, str]] = []
     failed = False
     for label, codes in STEPS:
         if failed:
             state = "not run"
+        elif "decryption_failed" in codes and not encrypted and error is None:
+            state = "not needed"
         elif error is not None and error.code in codes:
             state, failed = "failed", True
         else:
@@ -841,11 +849,16 @@ def _checklist(error: SamlError | None) -> list[dict[str, str]]:
     return result
 
 
-def _would_match(email: str) -> str:
+def _would_match(idp: IdentityProvider, email: str) -> str:
     member = Member.objects.filter(email__iexact=email).first()
-    if member is None:
-        return "no member yet (created at sign-in if just-in-time provisioning is on)"
-    return f"existing member {member.email} ({member.get_status_display()})"
+    if member is not None:
+        return f"existing member {member.email} ({member.get_status_display()})"
+    domain = email.rsplit("@", 1)[-1].lower()
+    if not idp.jit_enabled:
+        return "no member yet, and just-in-time provisioning is off: sign-in refused"
+    if domain not in (idp.allowed_email_domains or []):
+        return f"no member yet, and {domain} is not on the SSO domain list: refused"
+    return "a new member would be created at the first sign-in"
 
 
 def _pretty(decoded: bytes) -> str:

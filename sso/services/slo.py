@@ -189,8 +189,13 @@ def saml_sls(
     params: dict[str, str],
     query_string: str,
     ip: str | None,
+    oversize: bool = False,
 ) -> SlsOutcome:
-    """Handle an IdP's LogoutRequest or its LogoutResponse to ours."""
+    """Handle an IdP's LogoutRequest or its LogoutResponse to ours.
+
+    `oversize`: the view found the body over 256 KiB and read no further;
+    it is refused after the rate check, so it counts like any other.
+    """
     context: SamlContext | None = None
     saml_type = "SAMLRequest" if "SAMLRequest" in params else "SAMLResponse"
     try:
@@ -198,6 +203,8 @@ def saml_sls(
         if context.idp is None:
             raise SamlError("sso_not_configured")
         acs_rate_check(ip=ip, endpoint="sls")
+        if oversize:
+            raise SamlError("too_large", expected=f"≤ {MAX_MESSAGE_BYTES} bytes")
         value = params.get(saml_type) or ""
         if not value:
             raise SamlError("malformed", detail="No SAMLRequest or SAMLResponse.")

@@ -102,7 +102,7 @@ def test_a_passing_test_reports_everything_and_changes_nothing(
         assert f"<code>{name}</code>" in page
     assert "admins, staff" in page
     assert cert_fingerprint(saml.idp.cert_pem) in page
-    assert "<dt>Role</dt><dd>admin</dd>" in page
+    assert "<dt>Role</dt><dd>Admin</dd>" in page
     assert "no member yet" in page
     # The decoded Response is shown, escaped.
     raw = response.content.decode()
@@ -139,7 +139,7 @@ def test_an_existing_member_is_neither_linked_nor_re_roled(
     url, before = run_test(saml, tenant_client)
     page = html.unescape(tenant_client.get(url).content.decode())
     assert f"existing member {ALICE}" in page
-    assert "<dt>Role</dt><dd>admin</dd>" in page
+    assert "<dt>Role</dt><dd>Admin</dd>" in page
     after = snapshot(saml)
     assert (after.members, after.links) == (before.members, before.links)
     with tenant_context(saml.tenant):
