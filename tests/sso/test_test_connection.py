@@ -103,7 +103,7 @@ def test_a_passing_test_reports_everything_and_changes_nothing(
     assert "admins, staff" in page
     assert cert_fingerprint(saml.idp.cert_pem) in page
     assert "<dt>Role</dt><dd>Admin</dd>" in page
-    assert "no member yet" in page
+    assert "a new member would be created" in page
     # The decoded Response is shown, escaped.
     raw = response.content.decode()
     assert re.search(r"&lt;\w+:Assertion", raw)
