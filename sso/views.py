@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.db import transaction
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -401,16 +402,19 @@ def finish_view(request: HttpRequest) -> HttpResponseBase:
     except SamlError as error:
         return saml_error_response(request, error)
     request.session.pop(NONCE_KEY, None)
-    login(request, result.user, backend=MODEL_BACKEND)
-    mark_signed_in(request, method="saml")
-    request.session.set_expiry(result.session_expires_at)
-    request.session.save()
-    services.sso_session_record(
-        session_key=request.session.session_key or "",
-        member=result.member,
-        identity=result.identity,
-        expires_at=result.session_expires_at,
-    )
+    # The session index learns the method and member from the request, so
+    # the login signal neither guesses "password" nor looks the member up.
+    request.signing_in = (result.member, "saml")  # type: ignore[attr-defined]
+    with transaction.atomic():
+        login(request, result.user, backend=MODEL_BACKEND)
+        mark_signed_in(request, method="saml")
+        request.session.set_expiry(result.session_expires_at)
+        services.sso_session_record(
+            session_key=request.session.session_key or "",
+            member=result.member,
+            identity=result.identity,
+            expires_at=result.session_expires_at,
+        )
     return redirect(result.next_path)
 
 

@@ -160,15 +160,16 @@ def session_index_on_login(
     """Remember which session belongs to which member (to end them later)."""
     if current_schema() == "public":
         return  # an operator signing in to the console: public has no members
-    member = member_for_user(user=user)
+    # A sign-in path may name the member and method it already knows
+    # (`request.signing_in = (member, method)`), saving a lookup.
+    hint = getattr(request, "signing_in", None)
+    member = hint[0] if hint else member_for_user(user=user)
     if member is None or not request.session.session_key:
         return
+    method = hint[1] if hint else request.session.get("auth_method", "password")
     MemberSession.objects.get_or_create(
         session_key=request.session.session_key,
-        defaults={
-            "member": member,
-            "auth_method": request.session.get("auth_method", "password"),
-        },
+        defaults={"member": member, "auth_method": method},
     )
 
 

@@ -622,10 +622,11 @@ def saml_acs(
         _addressing_check(response, context)
         _in_response_to_check(response, pending)
         facts.assertion_id = response.get_assertion_id() or ""
-        _replay_record(response, [f"r:{checked.message_id}", f"a:{facts.assertion_id}"])
         identity = _identity(response, context)
         facts.name_id = identity.name_id
+        replay_ids = [f"r:{checked.message_id}", f"a:{facts.assertion_id}"]
         if pending and pending.kind == PendingRequest.Kind.TEST:
+            _replay_record(response, replay_ids)
             return _test_report(
                 context=context,
                 pending=pending,
@@ -647,12 +648,16 @@ def saml_acs(
             "assertion_id": facts.assertion_id,
         }
         digest = _hash(token)
-        FinishTicket.objects.create(
-            token_hash=digest,
-            payload=_seal(payload, digest),
-            created_at=now,
-            expires_at=now + FINISH_TTL,
-        )
+        sealed = _seal(payload, digest)
+        # One commit: the replay entries and the ticket that spends them.
+        with transaction.atomic():
+            _replay_record(response, replay_ids)
+            FinishTicket.objects.create(
+                token_hash=digest,
+                payload=sealed,
+                created_at=now,
+                expires_at=now + FINISH_TTL,
+            )
         return AcsOutcome(redirect_to=f"/sso/saml/finish/?t={token}")
     except SamlError as error:
         if error.code != "rate_limited":
@@ -1028,17 +1033,15 @@ def sso_session_record(
     expires_at: datetime,
 ) -> SsoSession:
     """Remember the IdP session behind a Django session (for SLO, SSO-F7)."""
-    row, _ = SsoSession.objects.update_or_create(
+    # The key is new (login() cycled it), so this is always an insert.
+    return SsoSession.objects.create(
         session_key=session_key,
-        defaults={
-            "member": member,
-            "idp_entity_id": identity.idp_entity_id[:1024],
-            "name_id": identity.name_id[:1024],
-            "name_id_format": identity.name_id_format[:256],
-            "name_qualifier": identity.name_qualifier[:1024],
-            "sp_name_qualifier": identity.sp_name_qualifier[:1024],
-            "session_index": identity.session_index[:256],
-            "expires_at": expires_at,
-        },
+        member=member,
+        idp_entity_id=identity.idp_entity_id[:1024],
+        name_id=identity.name_id[:1024],
+        name_id_format=identity.name_id_format[:256],
+        name_qualifier=identity.name_qualifier[:1024],
+        sp_name_qualifier=identity.sp_name_qualifier[:1024],
+        session_index=identity.session_index[:256],
+        expires_at=expires_at,
     )
-    return row

@@ -235,9 +235,9 @@ def sso_member_resolve(
         role, role_error = None, error
     key = _link_key(idp, identity, profile)
     link = (
-        SsoLink.objects.select_for_update()
+        SsoLink.objects.select_for_update(of=("self",))
         .filter(**key)
-        .select_related("member")
+        .select_related("member__user")
         .first()
     )
     if link is None and idp.immutable_id_attribute:
@@ -245,13 +245,13 @@ def sso_member_resolve(
         # same (IdP, NameID) without an immutable ID is the same identity, so
         # it adopts the ID (not a merge; a changed NameID still conflicts).
         link = (
-            SsoLink.objects.select_for_update()
+            SsoLink.objects.select_for_update(of=("self",))
             .filter(
                 idp_entity_id=identity.idp_entity_id,
                 name_id=identity.name_id,
                 immutable_id="",
             )
-            .select_related("member")
+            .select_related("member__user")
             .first()
         )
         if link is not None:
