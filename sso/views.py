@@ -204,8 +204,9 @@ def _roles(request: HttpRequest, actor: Member) -> object:
         _form_error(request, form)
     data = dict(form.cleaned_data)
     mappings = data.pop("mappings")
-    services.group_mappings_set(mappings=mappings, actor=actor)
-    return services.idp_policies_set(actor=actor, **data)
+    with transaction.atomic():  # the table and its switches, or neither
+        services.group_mappings_set(mappings=mappings, actor=actor)
+        return services.idp_policies_set(actor=actor, **data)
 
 
 def _certificate_remove(request: HttpRequest, actor: Member) -> object:

@@ -166,18 +166,12 @@ def session_index_on_login(
     member = hint[0] if hint else member_for_user(user=user)
     if member is None or not request.session.session_key:
         return
-    if hint:
-        # login() has just cycled the key: the row is new, insert it directly.
-        MemberSession.objects.create(
-            session_key=request.session.session_key, member=member, auth_method=hint[1]
-        )
-        return
+    # Not always a new key: login() keeps the session of a user signing in
+    # again as themselves.
+    method = hint[1] if hint else request.session.get("auth_method", "password")
     MemberSession.objects.get_or_create(
         session_key=request.session.session_key,
-        defaults={
-            "member": member,
-            "auth_method": request.session.get("auth_method", "password"),
-        },
+        defaults={"member": member, "auth_method": method},
     )
 
 

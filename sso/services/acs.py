@@ -1033,15 +1033,19 @@ def sso_session_record(
     expires_at: datetime,
 ) -> SsoSession:
     """Remember the IdP session behind a Django session (for SLO, SSO-F7)."""
-    # The key is new (login() cycled it), so this is always an insert.
-    return SsoSession.objects.create(
+    # Usually a new key, but login() keeps the session of a person signing
+    # in again as themselves: then the IdP session details are replaced.
+    row, _ = SsoSession.objects.update_or_create(
         session_key=session_key,
-        member=member,
-        idp_entity_id=identity.idp_entity_id[:1024],
-        name_id=identity.name_id[:1024],
-        name_id_format=identity.name_id_format[:256],
-        name_qualifier=identity.name_qualifier[:1024],
-        sp_name_qualifier=identity.sp_name_qualifier[:1024],
-        session_index=identity.session_index[:256],
-        expires_at=expires_at,
+        defaults={
+            "member": member,
+            "idp_entity_id": identity.idp_entity_id[:1024],
+            "name_id": identity.name_id[:1024],
+            "name_id_format": identity.name_id_format[:256],
+            "name_qualifier": identity.name_qualifier[:1024],
+            "sp_name_qualifier": identity.sp_name_qualifier[:1024],
+            "session_index": identity.session_index[:256],
+            "expires_at": expires_at,
+        },
     )
+    return row
