@@ -17,7 +17,8 @@ import secrets
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -113,6 +114,34 @@ def django_start(*, database: str, reuse: bool) -> str:
     public_tenant_ensure()
     log(f"migrate_schemas --shared: {time.perf_counter() - started:.1f} s")
     return url
+
+
+@contextmanager
+def in_bench_tenant(slug: str) -> Iterator[Any]:
+    """Enter the bench tenant's schema, with the audit actor set to the bench."""
+    from django_tenants.utils import tenant_context
+
+    from portal import context
+    from tenants.models import Tenant
+
+    tenant = Tenant.objects.get(slug=slug)
+    with (
+        context.actor_context(actor_type="system", actor_label="bench", source="cli"),
+        tenant_context(tenant),
+    ):
+        yield tenant
+
+
+def bench_tenant_ensure(*, slug: str, name: str) -> None:
+    """Provision the bench tenant unless it is already active."""
+    from portal import context
+    from tenants.models import Tenant
+    from tenants.services import tenant_provision
+
+    if Tenant.objects.filter(slug=slug, status="active").exists():
+        return
+    with context.actor_context(actor_type="system", actor_label="bench", source="cli"):
+        tenant_provision(slug=slug, name=name, owner_email=f"owner@{slug}.test")
 
 
 def owner_password_reset(*, schema_name: str) -> tuple[str, str]:

@@ -26,8 +26,6 @@ from __future__ import annotations
 import random
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402 - the bench folder is not a package
     base_parser,
+    bench_tenant_ensure,
     django_start,
+    in_bench_tenant,
     log,
     machine_report,
     median,
@@ -119,34 +119,6 @@ def shapes(*, count: int, cursor: str | None) -> list[Shape]:
 # ----------------------------------------------------------------- seeding
 
 
-@contextmanager
-def in_tenant() -> Iterator[Any]:
-    from django_tenants.utils import tenant_context
-
-    from portal import context
-    from tenants.models import Tenant
-
-    tenant = Tenant.objects.get(slug=SLUG)
-    with (
-        context.actor_context(actor_type="system", actor_label="bench", source="cli"),
-        tenant_context(tenant),
-    ):
-        yield tenant
-
-
-def tenant_ensure() -> None:
-    from portal import context
-    from tenants.models import Tenant
-    from tenants.services import tenant_provision
-
-    if Tenant.objects.filter(slug=SLUG, status="active").exists():
-        return
-    with context.actor_context(actor_type="system", actor_label="bench", source="cli"):
-        tenant_provision(
-            slug=SLUG, name="Bench Members", owner_email=f"owner@{SLUG}.test"
-        )
-
-
 def seed(count: int, *, rng_seed: int = 11) -> None:
     """Add generated members until the tenant has `count` of them.
 
@@ -160,7 +132,7 @@ def seed(count: int, *, rng_seed: int = 11) -> None:
     from portal.models import Member, MemberGroup, MemberSource, MemberStatus
     from portal.roles import Role
 
-    with in_tenant():
+    with in_bench_tenant(SLUG):
         have = Member.objects.filter(email__endswith="@" + DOMAIN).count()
         if have >= count:
             log(f"{have} members already seeded")
@@ -252,7 +224,7 @@ def seed(count: int, *, rng_seed: int = 11) -> None:
 def first_page_cursor() -> str | None:
     from portal.selectors.members import MemberFilters, member_list
 
-    with in_tenant():
+    with in_bench_tenant(SLUG):
         return member_list(filters=MemberFilters()).next_cursor
 
 
@@ -346,7 +318,7 @@ def measure_sql(
     pages: dict[str, list[float]] = {}
     counts: dict[str, list[float]] = {}
     matched: dict[str, int] = {}
-    with in_tenant(), connection.cursor() as cursor:
+    with in_bench_tenant(SLUG), connection.cursor() as cursor:
         for shape in shapes_:
             if shape.path != "/members/":
                 continue
@@ -385,7 +357,7 @@ def main() -> int:
     print("== Machine ==")
     print(machine_report())
 
-    tenant_ensure()
+    bench_tenant_ensure(slug=SLUG, name="Bench Members")
     started = time.perf_counter()
     seed(args.members)
     seed_seconds = time.perf_counter() - started

@@ -81,7 +81,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import (  # noqa: E402 - the bench folder is not a package
     ROOT,
     base_parser,
+    bench_tenant_ensure,
     django_start,
+    in_bench_tenant,
     log,
     machine_report,
     median,
@@ -115,32 +117,6 @@ RAISED_LIMITS = {
 
 
 # ----------------------------------------------------------------- setup
-
-
-@contextmanager
-def in_tenant() -> Iterator[Any]:
-    from django_tenants.utils import tenant_context
-
-    from portal import context
-    from tenants.models import Tenant
-
-    tenant = Tenant.objects.get(slug=SLUG)
-    with (
-        context.actor_context(actor_type="system", actor_label="bench", source="cli"),
-        tenant_context(tenant),
-    ):
-        yield tenant
-
-
-def tenant_ensure() -> None:
-    from portal import context
-    from tenants.models import Tenant
-    from tenants.services import tenant_provision
-
-    if Tenant.objects.filter(slug=SLUG, status="active").exists():
-        return
-    with context.actor_context(actor_type="system", actor_label="bench", source="cli"):
-        tenant_provision(slug=SLUG, name="Bench SAML", owner_email=f"owner@{SLUG}.test")
 
 
 def idp_keypair() -> tuple[str, str]:
@@ -187,7 +163,7 @@ def wire(keypair: tuple[str, str]) -> Wiring:
     from sso.services.config import idp_policies_set, saml_context, sp_metadata_xml
     from tests.sso.conftest import CORP, connect
 
-    with in_tenant() as tenant:
+    with in_bench_tenant(SLUG) as tenant:
         connect(tenant, keypair)
         idp_policies_set(
             actor=None,
@@ -232,7 +208,7 @@ def wire(keypair: tuple[str, str]) -> Wiring:
 def replay_forget() -> None:
     from sso.models import ReplayEntry
 
-    with in_tenant():
+    with in_bench_tenant(SLUG):
         ReplayEntry.objects.all().delete()
 
 
@@ -476,10 +452,10 @@ def alice_signed_in(browser: Browser, xml: str) -> bool:
     """One more login, checked: alice's session, and no member was added."""
     from portal.models import Member, MemberSession
 
-    with in_tenant():
+    with in_bench_tenant(SLUG):
         members = Member.objects.count()
     browser.login(_form(_b64(xml)))
-    with in_tenant():
+    with in_bench_tenant(SLUG):
         key = browser.client.session.session_key
         session = MemberSession.objects.filter(session_key=key).first()
         alice = Member.objects.get(email__iexact=ALICE)
@@ -855,7 +831,7 @@ def main() -> int:
     # Each refusal logs a warning; progress on stderr stays readable.
     logging.getLogger("django.request").setLevel(logging.ERROR)
 
-    tenant_ensure()
+    bench_tenant_ensure(slug=SLUG, name="Bench SAML")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     keypair = idp_keypair()
     wiring = wire(keypair)
