@@ -229,7 +229,7 @@ def test_start_view(request: HttpRequest) -> HttpResponseBase:
     except ApplicationError as exc:
         messages.error(request, exc.message)
         return _back(request)
-    return _send(request, start.url, start.post_fields, after_form=True)
+    return idp_navigation(request, start.url, start.post_fields, after_form=True)
 
 
 @capability_required("sso.edit")
@@ -285,16 +285,6 @@ def _nonce(request: HttpRequest) -> str:
     return str(nonce)
 
 
-def _send(
-    request: HttpRequest,
-    url: str,
-    fields: dict[str, str] | None,
-    *,
-    after_form: bool = False,
-) -> HttpResponseBase:
-    return idp_navigation(request, url, fields, after_form=after_form)
-
-
 def idp_navigation(
     request: HttpRequest,
     url: str,
@@ -341,7 +331,7 @@ def login_start_view(request: HttpRequest) -> HttpResponseBase:
         )
     except SamlError as error:
         return saml_error_response(request, error)
-    return _send(request, start.url, start.post_fields)
+    return idp_navigation(request, start.url, start.post_fields)
 
 
 def _bounded_post(request: HttpRequest) -> QueryDict | None:
@@ -460,6 +450,8 @@ def sls_view(request: HttpRequest) -> HttpResponseBase:
     except SamlError as error:
         return saml_error_response(request, error)
     if outcome.redirect is not None:
-        return _send(request, outcome.redirect.url, outcome.redirect.post_fields)
+        return idp_navigation(
+            request, outcome.redirect.url, outcome.redirect.post_fields
+        )
     messages.info(request, outcome.message)
     return redirect("/accounts/login/")

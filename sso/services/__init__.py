@@ -105,6 +105,7 @@ def sso_page_context(*, viewer: Member) -> dict[str, Any]:
     urls = sp_urls(context.origin)
     certificates = list(idp.certificates.all()) if idp else []
     mappings = list(idp.group_mappings.all()) if idp else []
+    keys = sp_key_list()
     return {
         "idp": idp,
         "urls": urls,
@@ -113,10 +114,9 @@ def sso_page_context(*, viewer: Member) -> dict[str, Any]:
             {"row": c, "display": fingerprint_display(c.fingerprint)}
             for c in certificates
         ],
-        "has_next_key": any(k.state == "next" for k in sp_key_list()),
+        "has_next_key": any(k.state == "next" for k in keys),
         "sp_keys": [
-            {"row": k, "display": fingerprint_display(k.fingerprint)}
-            for k in sp_key_list()
+            {"row": k, "display": fingerprint_display(k.fingerprint)} for k in keys
         ],
         "mappings_text": "\n".join(f"{m.group} = {m.role}" for m in mappings),
         "domains_text": "\n".join(idp.allowed_email_domains) if idp else "",

@@ -202,8 +202,14 @@ def connect(
         }
         settings.update(policies)
         idp_policies_set(actor=None, operator=True, **settings)
+    return harness(tenant, idp)
+
+
+def harness(tenant: Tenant, idp: TestIdP) -> SamlHarness:
+    """A `SamlHarness` for `tenant` and an IdP it is (or will be) wired to."""
+    with tenant_context(tenant):
         host = tenant.domains.first().domain  # type: ignore[union-attr]
-        origin = f"http://{host}"
+    origin = f"http://{host}"
     return SamlHarness(
         tenant=tenant,
         idp=idp,
@@ -224,3 +230,38 @@ def saml(tenant: Tenant, idp_keypair: tuple[str, str]) -> SamlHarness:
 def other_saml(other_tenant: Tenant, idp_keypair: tuple[str, str]) -> SamlHarness:
     """`other_tenant` on its own IdP object with the same key and entity ID."""
     return connect(other_tenant, idp_keypair)
+
+
+# Fixtures of the security suite (tests/sso/test_security*.py, test_replay.py).
+
+
+@pytest.fixture
+def saml_rate_counters(settings: Any) -> Iterator[None]:
+    """A private local-memory cache, so rate counters start at zero."""
+    from tests.sso.test_security import private_cache
+
+    yield from private_cache(settings)
+
+
+@pytest.fixture
+def saml_no_xml_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """SSO-S18: fail the test if its logs hold SAML XML."""
+    from tests.sso.test_security import logs_hold_no_message
+
+    yield from logs_hold_no_message(caplog)
+
+
+@pytest.fixture
+def idp_on(saml: SamlHarness) -> SamlHarness:
+    """`saml` with IdP-initiated sign-in allowed (reaches python3-saml)."""
+    from tests.sso.test_security import allow_idp_initiated
+
+    return allow_idp_initiated(saml)
+
+
+@pytest.fixture
+def python3_saml_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Records every python3-saml Response construction (a spy, no change)."""
+    from tests.sso.test_security import spy_python3_saml
+
+    return spy_python3_saml(monkeypatch)

@@ -54,14 +54,13 @@ from sso.services.config import (
     sp_metadata_xml,
 )
 from tenants.models import Tenant
-from tests.sso.conftest import CORP, SamlHarness, connect, default_attrs
+from tests.sso.conftest import CORP, SamlHarness, connect, default_attrs, harness
 from tests.sso.fixtures.support import (
     FIXTURES,
     JSON,
     assert_refused,
     assert_signed_in,
     counts,
-    harness,
     hostile_metadata_variants,
     loopback_listener,
     post_idp_initiated,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,28 +33,14 @@ from tests.sso.test_security import (
     JSON,
     allow_idp_initiated,
     assert_signed_in_as,
-    logs_hold_no_message,
     mint,
     post,
-    private_cache,
     refused,
     replay_ids,
 )
 
-
-@pytest.fixture(autouse=True)
-def _rate_counters(settings: Any) -> Iterator[None]:
-    yield from private_cache(settings)
-
-
-@pytest.fixture(autouse=True)
-def _no_xml_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    yield from logs_hold_no_message(caplog)
-
-
-@pytest.fixture
-def idp_on(saml: SamlHarness) -> SamlHarness:
-    return allow_idp_initiated(saml)
+# The security suite's per-test isolation, from tests/sso/conftest.py.
+pytestmark = pytest.mark.usefixtures("saml_rate_counters", "saml_no_xml_in_logs")
 
 
 def test_same_sp_initiated_post_twice_is_replayed(saml: SamlHarness) -> None:

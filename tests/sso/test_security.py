@@ -65,6 +65,9 @@ OTHER_IDP_ID = "https://other-idp.test/metadata"
 DRIFT = 180
 KIB = 1024
 
+# The security suite's per-test isolation, from tests/sso/conftest.py.
+pytestmark = pytest.mark.usefixtures("saml_rate_counters", "saml_no_xml_in_logs")
+
 # --------------------------------------------------------------------------
 # Shared helpers (imported by test_security_xml.py and test_replay.py)
 
@@ -224,27 +227,6 @@ def logs_hold_no_message(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 # Each module using these helpers declares the fixtures it needs the same way.
-
-
-@pytest.fixture(autouse=True)
-def _rate_counters(settings: Any) -> Iterator[None]:
-    yield from private_cache(settings)
-
-
-@pytest.fixture(autouse=True)
-def _no_xml_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    yield from logs_hold_no_message(caplog)
-
-
-@pytest.fixture
-def idp_on(saml: SamlHarness) -> SamlHarness:
-    """`saml` with IdP-initiated sign-in allowed (reaches python3-saml)."""
-    return allow_idp_initiated(saml)
-
-
-@pytest.fixture
-def python3_saml_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    return spy_python3_saml(monkeypatch)
 
 
 def resigned(h: SamlHarness, edit: Callable[[Any], None], **kw: Any) -> str:

@@ -33,40 +33,19 @@ from tests.sso.test_security import (
     ALICE,
     JSON,
     MALLORY,
-    allow_idp_initiated,
     assert_signed_in_as,
-    logs_hold_no_message,
     member_exists,
     mint,
     post,
-    private_cache,
     refused,
     set_policies,
-    spy_python3_saml,
 )
 
 EVIL_COMMENT_EMAIL = "alice@corp.test.evil.test"
 REPO = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(autouse=True)
-def _rate_counters(settings: Any) -> Iterator[None]:
-    yield from private_cache(settings)
-
-
-@pytest.fixture(autouse=True)
-def _no_xml_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    yield from logs_hold_no_message(caplog)
-
-
-@pytest.fixture
-def idp_on(saml: SamlHarness) -> SamlHarness:
-    return allow_idp_initiated(saml)
-
-
-@pytest.fixture
-def python3_saml_calls(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    return spy_python3_saml(monkeypatch)
+# The security suite's per-test isolation, from tests/sso/conftest.py.
+pytestmark = pytest.mark.usefixtures("saml_rate_counters", "saml_no_xml_in_logs")
 
 
 def _attack(
