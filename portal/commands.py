@@ -30,10 +30,15 @@ class TenantCommand(BaseCommand):
                 Tenant.objects.filter(slug=slug).exclude(schema_name="public").first()
             )
         if tenant is None:
-            raise CommandError(f"No tenant with the slug {slug!r}.", returncode=1)
+            raise CommandError(
+                f"error: tenant_unknown: No tenant with the slug {slug!r}.",
+                returncode=1,
+            )
         if tenant.status != TenantStatus.ACTIVE:
             raise CommandError(
-                f"Tenant {slug!r} is not active ({tenant.status}).", returncode=1
+                f"error: tenant_inactive: Tenant {slug!r} is not active "
+                f"({tenant.status}).",
+                returncode=1,
             )
         with (
             tenant_context(tenant),

@@ -15,7 +15,6 @@ from typing import Any
 
 from django.core.management.base import CommandError
 from django.db import transaction
-from django_tenants.utils import schema_context
 
 from portal.commands import TenantCommand
 from portal.errors import ApplicationError
@@ -38,28 +37,6 @@ class Command(TenantCommand):
         parser.add_argument("--enforce-sso", action="store_true")
         parser.add_argument("--allow-idp-initiated", action="store_true")
         parser.add_argument("--jit", action="store_true")
-
-    def handle(self, *args: Any, **options: Any) -> str | None:
-        # TenantCommand's own refusals carry no reason code; name it here.
-        from tenants.models import Tenant, TenantStatus
-
-        slug = options["slug"]
-        with schema_context("public"):
-            tenant = (
-                Tenant.objects.filter(slug=slug).exclude(schema_name="public").first()
-            )
-        if tenant is None:
-            raise CommandError(
-                f"error: tenant_unknown: No tenant with the slug {slug!r}.",
-                returncode=1,
-            )
-        if tenant.status != TenantStatus.ACTIVE:
-            raise CommandError(
-                f"error: tenant_inactive: Tenant {slug!r} is not active "
-                f"({tenant.status}).",
-                returncode=1,
-            )
-        return super().handle(*args, **options)
 
     def handle_tenant(self, tenant: Any, **options: Any) -> str | None:
         path = Path(options["idp_metadata"])
