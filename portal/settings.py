@@ -248,7 +248,7 @@ CACHES = {
 }
 
 # Sessions: host-only cookies, stored in the tenant's schema (PORTAL-05).
-SESSION_ENGINE = "django.contrib.sessions.backends.db"
+SESSION_ENGINE = "portal.sessions"
 SESSION_COOKIE_AGE = 12 * 60 * 60
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

@@ -263,7 +263,7 @@ class FinishTicket(models.Model):
     """The verified outcome of an ACS POST, claimed once by the finish GET."""
 
     token_hash = models.CharField(max_length=64, unique=True)
-    payload = models.BinaryField()  # keyring-encrypted JSON
+    payload = models.BinaryField()  # JSON sealed under a key derived from the token
     created_at = models.DateTimeField()
     expires_at = models.DateTimeField(db_index=True)
 

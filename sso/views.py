@@ -406,6 +406,9 @@ def finish_view(request: HttpRequest) -> HttpResponseBase:
             identity=result.identity,
             expires_at=result.session_expires_at,
         )
+        # The session row commits with the rest (the middleware's save is
+        # then a no-op, see portal/sessions.py).
+        request.session.save()
     return redirect(result.next_path)
 
 

@@ -8,13 +8,15 @@ PointDrive links with 404, so outside viewers learn nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from django.template.loader import render_to_string
 from django_tenants.middleware.main import TenantMainMiddleware
 from django_tenants.utils import remove_www
 
-from portal.db import use_public_schema
-from tenants.models import TenantStatus
+from portal.db import row_first, use_public_schema
+from tenants.models import Domain, Tenant, TenantStatus
 
 _BLOCKED_MESSAGES = {
     TenantStatus.SUSPENDED: (
@@ -31,6 +33,9 @@ _BLOCKED_MESSAGES = {
 }
 
 
+DOMAINS = Domain._meta.db_table
+
+
 class PortalTenantMiddleware(TenantMainMiddleware):
     @staticmethod
     def hostname_from_request(request: HttpRequest) -> str:
@@ -39,6 +44,18 @@ class PortalTenantMiddleware(TenantMainMiddleware):
         if host.startswith("["):
             return host  # an IPv6 literal never names a tenant
         return remove_www(host.split(":", 1)[0].rstrip("."))
+
+    def get_tenant(self, domain_model: Any, hostname: str) -> Tenant:
+        # One query per request, without the ORM's query compiler (about
+        # 1 ms of CPU saved on every request, see docs/benchmarks.md).
+        tenant = row_first(
+            Tenant,
+            f"id = (SELECT tenant_id FROM {DOMAINS} WHERE domain = %s)",  # noqa: S608
+            [hostname],
+        )
+        if tenant is None:
+            raise domain_model.DoesNotExist
+        return tenant
 
     def no_tenant_found(self, request: HttpRequest, hostname: str) -> HttpResponse:
         return HttpResponseNotFound(

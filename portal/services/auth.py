@@ -169,9 +169,16 @@ def session_index_on_login(
     # Not always a new key: login() keeps the session of a user signing in
     # again as themselves.
     method = hint[1] if hint else request.session.get("auth_method", "password")
-    MemberSession.objects.get_or_create(
-        session_key=request.session.session_key,
-        defaults={"member": member, "auth_method": method},
+    # One statement, no savepoint: an existing row is kept as it is.
+    MemberSession.objects.bulk_create(
+        [
+            MemberSession(
+                session_key=request.session.session_key,
+                member=member,
+                auth_method=method,
+            )
+        ],
+        ignore_conflicts=True,
     )
 
 

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from portal import crypto
 from portal.crypto import KeyDestroyed, MasterKey, SecretBytes
-from portal.db import current_schema
+from portal.db import current_schema, row_first
 from portal.errors import TenantContextError
 from portal.models import DataKey, DataKeyState
 from portal.services.registry import audit_exempt, audits
@@ -119,7 +119,10 @@ def keyring_active_key(*, purpose: str) -> tuple[int, SecretBytes]:
     if purpose not in PURPOSES:
         raise ValueError(f"Unknown key purpose {purpose!r}")
     schema = _scope()
-    row = DataKey.objects.filter(purpose=purpose, state=DataKeyState.ACTIVE).first()
+    # Read on every encryption: row_first skips the query compiler.
+    row = row_first(
+        DataKey, "purpose = %s AND state = %s", [purpose, DataKeyState.ACTIVE]
+    )
     if row is None:
         row = _create_key(purpose=purpose, schema=schema)
     key = _cached(schema, purpose, row.version)

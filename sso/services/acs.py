@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from lxml import etree
@@ -38,6 +38,7 @@ from onelogin.saml2.errors import (
 from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 
+from portal import crypto
 from portal.models import AuditEvent, Member
 from portal.roles import Role
 from portal.services.audit import audit_event_record
@@ -462,7 +463,22 @@ def _response_for(context: SamlContext, b64: str) -> OneLogin_Saml2_Response:
     raise SamlError("decryption_failed", detail=str(last)[:120] if last else "")
 
 
-def _replay_record(response: OneLogin_Saml2_Response, ids: list[str]) -> None:
+def _replay_record(
+    response: OneLogin_Saml2_Response,
+    ids: list[str],
+    *,
+    ticket: tuple[str, bytes] | None = None,
+) -> None:
+    """Spend the message's IDs and, with `ticket`, issue the finish ticket.
+
+    One autocommit statement (its own transaction, no BEGIN, savepoint or
+    COMMIT round trips): the IDs go in with ON CONFLICT DO NOTHING, and the
+    ticket `(token_hash, sealed payload)` is inserted only if every ID was
+    new. A conflict, including a concurrent POST of the same Response that
+    committed first, raises `replayed` and issues no ticket. IDs of a
+    refused message that did not conflict stay recorded, which changes
+    nothing: that message can never be accepted anyway.
+    """
     drift = timedelta(seconds=C.ALLOWED_CLOCK_DRIFT)
     not_on_or_after = response.get_assertion_not_on_or_after()
     now = timezone.now()
@@ -470,13 +486,29 @@ def _replay_record(response: OneLogin_Saml2_Response, ids: list[str]) -> None:
     if not_on_or_after:
         until = datetime.fromtimestamp(not_on_or_after, tz=now.tzinfo) + drift
     until = min(max(until, now + drift), now + timedelta(days=1))
-    try:
-        with transaction.atomic():
-            ReplayEntry.objects.bulk_create(
-                [ReplayEntry(message_id=i[:256], expires_at=until) for i in ids if i]
+    message_ids = sorted({i[:256] for i in ids if i})
+    spend = (
+        f"WITH spent AS (INSERT INTO {ReplayEntry._meta.db_table} "  # noqa: S608 - fixed name
+        "(message_id, expires_at) SELECT unnest(%s::varchar[]), %s "
+        "ON CONFLICT (message_id) DO NOTHING RETURNING 1) "
+    )
+    with connection.cursor() as cursor:
+        if ticket is None:
+            cursor.execute(
+                spend + "SELECT count(*) FROM spent",  # noqa: S608 - fixed text
+                [message_ids, until],
             )
-    except IntegrityError:
-        raise SamlError("replayed") from None
+            spent = cursor.fetchone()[0]
+        else:
+            cursor.execute(
+                spend + f"INSERT INTO {FinishTicket._meta.db_table} "  # noqa: S608 - fixed name
+                "(token_hash, payload, created_at, expires_at) "
+                "SELECT %s, %s, %s, %s WHERE (SELECT count(*) FROM spent) = %s",
+                [message_ids, until, *ticket, now, now + FINISH_TTL, len(message_ids)],
+            )
+            spent = len(message_ids) if cursor.rowcount == 1 else -1
+    if spent != len(message_ids):
+        raise SamlError("replayed")
 
 
 def _seen(response_id: str) -> bool:
@@ -521,6 +553,35 @@ def _open(blob: bytes | memoryview, aad: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(
         keyring_decrypt(purpose=KEY_PURPOSE, blob=bytes(blob), aad=aad.encode())
     )
+    return data
+
+
+def _ticket_key(token: str) -> crypto.SecretBytes:
+    """The finish ticket's own key, derived from the token the browser holds.
+
+    The row is found by SHA-256(token); the key is a different hash of it,
+    so the database alone cannot open a ticket, and sealing one needs no
+    keyring lookup on the sign-in path.
+    """
+    return crypto.SecretBytes(
+        hashlib.sha256(b"portal-sso-finish-ticket\0" + token.encode()).digest()
+    )
+
+
+def _ticket_seal(payload: dict[str, Any], token: str) -> bytes:
+    return crypto.encrypt_field(
+        _ticket_key(token), 0, json.dumps(payload).encode(), aad=_hash(token).encode()
+    )
+
+
+def _ticket_open(blob: bytes | memoryview, token: str) -> dict[str, Any] | None:
+    try:
+        plain = crypto.decrypt_field(
+            _ticket_key(token), bytes(blob), aad=_hash(token).encode()
+        )
+    except crypto.DecryptionError:
+        return None
+    data: dict[str, Any] = json.loads(plain)
     return data
 
 
@@ -636,7 +697,6 @@ def saml_acs(
                 verifying=_verifying_fingerprint(response, context),
             )
         token = secrets.token_urlsafe(32)
-        now = timezone.now()
         payload = {
             "flow": "sp" if pending else "idp",
             "nonce": pending.session_nonce if pending else "",
@@ -647,17 +707,9 @@ def saml_acs(
             "response_id": checked.message_id,
             "assertion_id": facts.assertion_id,
         }
-        digest = _hash(token)
-        sealed = _seal(payload, digest)
-        # One commit: the replay entries and the ticket that spends them.
-        with transaction.atomic():
-            _replay_record(response, replay_ids)
-            FinishTicket.objects.create(
-                token_hash=digest,
-                payload=sealed,
-                created_at=now,
-                expires_at=now + FINISH_TTL,
-            )
+        _replay_record(
+            response, replay_ids, ticket=(_hash(token), _ticket_seal(payload, token))
+        )
         return AcsOutcome(redirect_to=f"/sso/saml/finish/?t={token}")
     except SamlError as error:
         if error.code != "rate_limited":
@@ -908,9 +960,8 @@ def finish_ticket_flow(*, token: str) -> str | None:
     row = FinishTicket.objects.filter(
         token_hash=_hash(token), expires_at__gt=timezone.now()
     ).first()
-    if row is None:
-        return None
-    return str(_open(row.payload, row.token_hash).get("flow"))
+    data = _ticket_open(row.payload, token) if row is not None else None
+    return str(data.get("flow")) if data is not None else None
 
 
 def _claim_ticket(token: str) -> FinishTicketData | None:
@@ -924,9 +975,9 @@ def _claim_ticket(token: str) -> FinishTicketData | None:
             [digest, timezone.now()],
         )
         row = cursor.fetchone()
-    if row is None:
+    data = _ticket_open(row[0], token) if row is not None else None
+    if data is None:
         return None
-    data = _open(row[0], digest)
     return FinishTicketData(
         flow=data["flow"],
         nonce=data["nonce"],
@@ -1035,17 +1086,31 @@ def sso_session_record(
     """Remember the IdP session behind a Django session (for SLO, SSO-F7)."""
     # Usually a new key, but login() keeps the session of a person signing
     # in again as themselves: then the IdP session details are replaced.
-    row, _ = SsoSession.objects.update_or_create(
+    # One upsert statement, no savepoint.
+    row = SsoSession(
         session_key=session_key,
-        defaults={
-            "member": member,
-            "idp_entity_id": identity.idp_entity_id[:1024],
-            "name_id": identity.name_id[:1024],
-            "name_id_format": identity.name_id_format[:256],
-            "name_qualifier": identity.name_qualifier[:1024],
-            "sp_name_qualifier": identity.sp_name_qualifier[:1024],
-            "session_index": identity.session_index[:256],
-            "expires_at": expires_at,
-        },
+        member=member,
+        idp_entity_id=identity.idp_entity_id[:1024],
+        name_id=identity.name_id[:1024],
+        name_id_format=identity.name_id_format[:256],
+        name_qualifier=identity.name_qualifier[:1024],
+        sp_name_qualifier=identity.sp_name_qualifier[:1024],
+        session_index=identity.session_index[:256],
+        expires_at=expires_at,
+    )
+    SsoSession.objects.bulk_create(
+        [row],
+        update_conflicts=True,
+        unique_fields=["session_key"],
+        update_fields=[
+            "member",
+            "idp_entity_id",
+            "name_id",
+            "name_id_format",
+            "name_qualifier",
+            "sp_name_qualifier",
+            "session_index",
+            "expires_at",
+        ],
     )
     return row

@@ -29,7 +29,7 @@ from onelogin.saml2.constants import OneLogin_Saml2_Constants as C
 from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 
-from portal.db import current_schema
+from portal.db import current_schema, row_first
 from portal.errors import ApplicationError, NotFound, PermissionDenied
 from portal.models import Member
 from portal.roles import Role
@@ -327,7 +327,8 @@ def _require(actor: Member | None, capability: str = "sso.edit") -> None:
 
 @audit_exempt("read")
 def idp_get() -> IdentityProvider | None:
-    return IdentityProvider.objects.first()
+    # Read on every SAML request: row_first skips the query compiler.
+    return row_first(IdentityProvider, order_by="id")
 
 
 @audit_exempt("read")

@@ -116,6 +116,27 @@ def test_replay_entries_are_written_before_the_finish_step(
     refused(idp_on, post(idp_on, xml), "replayed", before)
 
 
+def test_finish_ticket_opens_only_with_the_browsers_token(idp_on: SamlHarness) -> None:
+    """The row holds SHA-256(token) and a payload sealed under another hash of
+    the token: the database alone reveals neither the identity nor the key."""
+    from sso.services.acs import _hash, _ticket_open
+
+    first = post(idp_on, mint(idp_on))
+    assert first.status_code == 303
+    token = first["Location"].split("t=", 1)[1]
+    with tenant_context(idp_on.tenant):
+        (ticket,) = FinishTicket.objects.all()
+    payload = bytes(ticket.payload)
+    assert ticket.token_hash == _hash(token)
+    assert ALICE.encode() not in payload
+    assert _ticket_open(payload, token) is not None
+    assert _ticket_open(payload, ticket.token_hash) is None
+    assert (
+        _ticket_open(payload, token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    )
+    assert_signed_in_as(idp_on, first, ALICE)
+
+
 # --------------------------------------------------------------------------
 # The race: two connections, released together
 
