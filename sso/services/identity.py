@@ -236,7 +236,7 @@ def _user_for(member: Member) -> User:
 
 
 @audits("sso.link.created", "portal.member.created", "portal.member.role_changed")
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # its caller's transaction, if any
 def sso_member_resolve(
     *,
     idp: IdentityProvider,

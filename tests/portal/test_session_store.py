@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth import SESSION_KEY
 from django.contrib.sessions.backends.base import CreateError
 from django.contrib.sessions.models import Session
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django_tenants.utils import tenant_context
 
@@ -94,6 +94,18 @@ def test_a_key_collision_draws_a_new_key(tenant, monkeypatch):
     assert store.session_key == "b" * 32
     assert SessionStore(taken.session_key)["who"] == "someone else"
     assert SessionStore("b" * 32)["who"] == "me"
+
+
+def test_inside_a_transaction_the_insert_takes_no_savepoint():
+    store = SessionStore()
+    store.create()
+    store["in"] = "transaction"
+    with transaction.atomic(), CaptureQueriesContext(connection) as captured:
+        store.save()
+    sql = [q["sql"].split(None, 1)[0] for q in captured.captured_queries]
+    assert sql.count("INSERT") == 1
+    assert "SAVEPOINT" not in sql
+    assert SessionStore(store.session_key)["in"] == "transaction"
 
 
 def test_explicit_must_create_on_a_stored_key_still_refuses(tenant):
