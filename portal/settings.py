@@ -411,3 +411,6 @@ LOGGING: dict[str, Any] = {
         "pgserver": {"level": "WARNING"},
     },
 }
+
+# EDI (edi.md §4): one size limit for every channel.
+EDI_MAX_FILE_BYTES = int(os.environ.get("EDI_MAX_FILE_BYTES") or 256 * 1024 * 1024)

@@ -137,3 +137,44 @@ class PlatformJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.status}"
+
+
+class SftpAccount(models.Model):
+    """The SFTP username (the tenant's slug) → tenant lookup (edi.md EDI-C3).
+
+    The keys themselves live in the tenant's schema (`edi.SftpKey`); this
+    row exists while the tenant has at least one key.
+    """
+
+    tenant = models.OneToOneField(
+        Tenant, on_delete=models.CASCADE, related_name="sftp_account"
+    )
+    username = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.username
+
+
+class SftpAuthEvent(models.Model):
+    """SFTP authentication outcomes, the counters every sftpd process shares.
+
+    Failures drive the per-IP ban and the per-username block; successes
+    exempt the IPs that logged in as a username in the last 30 days.
+    Old rows are deleted daily.
+    """
+
+    username = models.CharField(max_length=100)
+    ip = models.GenericIPAddressField()
+    succeeded = models.BooleanField()
+    occurred_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["ip", "occurred_at"], name="sftp_auth_ip"),
+            models.Index(fields=["username", "occurred_at"], name="sftp_auth_user"),
+        ]
+
+    def __str__(self) -> str:
+        outcome = "ok" if self.succeeded else "failed"
+        return f"{self.username}@{self.ip} {outcome}"
