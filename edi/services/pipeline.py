@@ -1,0 +1,932 @@
+"""The EDI import: stage → validate → preview → [hold] → apply (edi.md §3).
+
+One run per file, as the portal job `edi_import` (`edi.tasks`):
+
+1. **Stage.** The raw file is decrypted as a stream, read by
+   `edi.services.parsing.Reader` and sent with psycopg's `COPY` into a
+   session-local `TEMP` table; then `ANALYZE`. No Python structure holds
+   all rows or all keys.
+2. **Validate and resolve** in SQL: row errors (codes per row), duplicate
+   keys (file-level), the invalid-row ratio, then each row's member.
+3. **Preview**: counts and up to 50 samples per outcome, on the file.
+   A dry run stops here (`validated`).
+4. **Hold** (EDI-P8): a full file that would deactivate, or any file that
+   would revoke, more than the tenant's threshold of active members or
+   seats, or a full file with a row without a usable key, waits for an
+   admin (`held`). Approval sends the job again with `approved`.
+5. **Apply**: one transaction under a per-tenant advisory lock: insert,
+   update changed rows only, reactivate, deactivate the missing, seats,
+   groups, managers, end sessions, the results file, the audit event and
+   the final status. A rerun (a crash anywhere) starts again from the raw
+   file; a file already final is left alone.
+
+The statements are the same for every file size (EDI-P2).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from edi.models import AutoProvisionRule, EdiFile, EdiMode, EdiStatus
+from edi.services.parsing import CANONICAL, FileRejected, Problem, Reader
+from edi.services.receive import KEY_PURPOSE, edi_settings_get, media_dir, raw_blob_path
+from portal.csvio import csv_lines
+from portal.db import current_schema
+from portal.models import Job
+from portal.roles import Role
+from portal.services.audit import audit_event_record
+from portal.services.jobs import job_progress, job_succeed
+from portal.services.keyring import keyring_file_open, keyring_file_store
+from portal.services.registry import audit_exempt, audits
+
+SAMPLES = 50
+PROGRESS_EVERY = 0.5  # seconds
+COPY_BATCH = 4000  # rows per COPY write
+LIMITS = {  # column -> the member field's max length
+    "email": 254,
+    "employee_id": 128,
+    "first_name": 150,
+    "last_name": 150,
+    "job_title": 200,
+    "department": 200,
+    "location": 200,
+    "manager_employee_id": 128,
+}
+PLAIN_FIELDS = ("first_name", "last_name", "job_title", "department", "location")
+RESULT_COLUMNS = [
+    "row_number",
+    "employee_id",
+    "email",
+    "outcome",
+    "seat",
+    "codes",
+    "message",
+]
+MESSAGES = {
+    "ROW_MALFORMED": "The row has a different number of cells than the header.",
+    "EMAIL_INVALID": "The email address is missing or not valid.",
+    "VALUE_TOO_LONG": "A value is longer than its field allows.",
+    "SEAT_INVALID": "seat must be active, inactive or blank.",
+    "ADMIN_PERMISSION_INVALID": "admin_permission must be admin, reporting or blank.",
+    "IDENTITY_CONFLICT": "The email belongs to a member with another employee_id.",
+    "EMAIL_TAKEN": "The new email belongs to another member.",
+    "OWNER_PROTECTED": "A file cannot change the owner.",
+    "SEAT_LIMIT_REACHED": "No seat was free for this person.",
+    "MANAGER_UNKNOWN": "No member has this manager_employee_id; the old link stays.",
+    "MANAGER_CYCLE": "This manager would make a reporting loop; the old link stays.",
+    "UNKNOWN_COLUMN": "A column was not recognised and was ignored.",
+}
+ROW_ERRORS = frozenset(
+    {
+        "ROW_MALFORMED",
+        "EMAIL_INVALID",
+        "VALUE_TOO_LONG",
+        "SEAT_INVALID",
+        "ADMIN_PERMISSION_INVALID",
+        "IDENTITY_CONFLICT",
+        "EMAIL_TAKEN",
+        "OWNER_PROTECTED",
+    }
+)
+
+
+class Held(Exception):
+    pass
+
+
+@dataclass
+class Run:
+    """One run of the pipeline over one file (a job attempt)."""
+
+    edi_file: EdiFile
+    job: Job
+    table: str = field(default_factory=lambda: f"edi_stage_{secrets.token_hex(6)}")
+    columns: tuple[str, ...] = ()
+    unknown_columns: list[str] = field(default_factory=list)
+    rows: int = 0
+    _last_progress: float = 0.0
+
+    # ------------------------------------------------------------ progress
+
+    def progress(self, phase: str, percent: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_EVERY:
+            return
+        self._last_progress = now
+        job_progress(job=self.job, done=percent, total=100, message=phase)
+
+    # -------------------------------------------------------------- stage
+
+    def stage(self) -> None:
+        """COPY the file's rows into a session-local TEMP table, then ANALYZE."""
+        size = max(1, self.edi_file.size)
+        chunks = keyring_file_open(
+            purpose=KEY_PURPOSE,
+            file_id=str(self.edi_file.pk),
+            path=raw_blob_path(self.edi_file),
+        )
+        reader = Reader(chunks)
+        rows = reader.rows()
+        first = next(rows)  # reads the header, or raises FileRejected
+        header = reader.header
+        if header is None:  # pragma: no cover - rows() sets it or raises
+            raise FileRejected(Problem("NO_DATA_ROWS", "The file is empty."))
+        self.columns = header.columns
+        self.unknown_columns = header.unknown
+        cols = ", ".join(f"{c} text" for c in CANONICAL)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"CREATE TEMP TABLE {self.table} (line integer NOT NULL, "
+                f"{cols}, problem text)"
+            )
+            copy_cols = ", ".join(["line", *self.columns, "problem"])
+            with cursor.cursor.copy(  # type: ignore[attr-defined]
+                f"COPY {self.table} ({copy_cols}) FROM STDIN"
+            ) as copy:
+                batch: list[str] = []
+                for row in _chain(first, rows):
+                    values = row.values or ("",) * len(self.columns)
+                    cells = [str(row.line), *map(_copy_text, values)]
+                    cells.append(row.problem.code if row.problem else "\\N")
+                    batch.append("\t".join(cells))
+                    if len(batch) >= COPY_BATCH:
+                        copy.write("\n".join(batch) + "\n")
+                        batch.clear()
+                        self.progress(
+                            "parsing", min(40, 40 * reader.bytes_read // size)
+                        )
+                if batch:
+                    copy.write("\n".join(batch) + "\n")
+            cursor.execute(f"ANALYZE {self.table}")
+        self.rows = reader.data_rows
+        self.progress("validating", 40, force=True)
+
+    def drop(self) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE IF EXISTS {self.table}")
+
+    # ----------------------------------------------------------- validate
+
+    def sql(self, statement: str, params: list[Any] | None = None) -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(statement.replace("{s}", self.table), params or [])
+            return int(cursor.rowcount)
+
+    def rows_of(self, statement: str, params: list[Any] | None = None) -> list[Any]:
+        with connection.cursor() as cursor:
+            cursor.execute(statement.replace("{s}", self.table), params or [])
+            return list(cursor.fetchall())
+
+    def validate(self, invalid_percent: int) -> None:
+        """Row codes, duplicate keys and the invalid ratio, all in SQL."""
+        self.sql(
+            """
+            ALTER TABLE {s}
+              ADD COLUMN email_norm text, ADD COLUMN emp text,
+              ADD COLUMN member_id bigint, ADD COLUMN adopt boolean DEFAULT false,
+              ADD COLUMN action text, ADD COLUMN codes text[] DEFAULT '{}',
+              ADD COLUMN seat_after boolean, ADD COLUMN keyless boolean DEFAULT false
+            """
+        )
+        self.sql(
+            """
+            UPDATE {s} SET email_norm = lower(btrim(coalesce(email, ''))),
+                           emp = btrim(coalesce(employee_id, '')),
+                           codes = CASE WHEN problem IS NULL THEN '{}'
+                                        ELSE ARRAY[problem] END
+            """
+        )
+        self.sql(
+            """UPDATE {s} SET codes = codes || 'EMAIL_INVALID'::text
+               WHERE email_norm !~ '^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$'"""
+        )
+        long_checks = " OR ".join(
+            f"length({c}) > {n}" for c, n in LIMITS.items() if c in self.columns
+        )
+        if long_checks:
+            self.sql(
+                f"UPDATE {{s}} SET codes = codes || 'VALUE_TOO_LONG'::text "
+                f"WHERE {long_checks}"
+            )
+        if "seat" in self.columns:
+            self.sql(
+                """UPDATE {s} SET codes = codes || 'SEAT_INVALID'::text
+                   WHERE lower(seat) NOT IN ('', 'active', 'inactive')"""
+            )
+        if "admin_permission" in self.columns:
+            self.sql(
+                """UPDATE {s} SET codes = codes || 'ADMIN_PERMISSION_INVALID'::text
+                   WHERE lower(admin_permission) NOT IN ('', 'admin', 'reporting')"""
+            )
+        self.sql("UPDATE {s} SET keyless = true WHERE emp = '' AND email_norm = ''")
+        problems = self._duplicates()
+        invalid = self.rows_of("SELECT count(*) FROM {s} WHERE cardinality(codes) > 0")[
+            0
+        ][0]
+        if self.rows and invalid * 100 > invalid_percent * self.rows:
+            problems.append(
+                Problem(
+                    "TOO_MANY_INVALID_ROWS",
+                    f"{invalid} of {self.rows} rows are invalid, more than the "
+                    f"tenant's limit of {invalid_percent} %.",
+                    details={"invalid_rows": invalid, "rows": self.rows},
+                )
+            )
+        if problems:
+            raise FileRejected(*problems)
+
+    def _duplicates(self) -> list[Problem]:
+        problems = []
+        for label, key in (("employee_id", "emp"), ("email", "email_norm")):
+            found = self.rows_of(
+                f"""SELECT {key}, array_agg(line ORDER BY line)
+                    FROM {{s}} WHERE {key} <> ''
+                    GROUP BY {key} HAVING count(*) > 1
+                    ORDER BY min(line) LIMIT 100"""
+            )
+            if found:
+                problems.append(
+                    Problem(
+                        "DUPLICATE_KEY",
+                        f"{len(found)}{'+' if len(found) == 100 else ''} "
+                        f"{label} value(s) appear on more than one row, for "
+                        f"example {found[0][0]!r} on lines "
+                        f"{', '.join(map(str, found[0][1][:5]))}.",
+                        details={
+                            "key": label,
+                            "duplicates": [
+                                {"value": v, "lines": lines[:20]} for v, lines in found
+                            ],
+                        },
+                    )
+                )
+        return problems
+
+    # ------------------------------------------------------------ resolve
+
+    def resolve(self) -> None:
+        """Each row's member (edi.md §2 identity rules), conflicts as codes."""
+        self.sql("UPDATE {s} SET member_id = NULL, adopt = false")
+        self.sql(
+            """UPDATE {s} SET member_id = m.id FROM portal_member m
+               WHERE {s}.emp <> '' AND m.employee_id = {s}.emp"""
+        )
+        self.sql(
+            """UPDATE {s} SET member_id = m.id, adopt = true FROM portal_member m
+               WHERE {s}.member_id IS NULL AND {s}.emp <> ''
+                 AND lower(m.email) = {s}.email_norm AND m.employee_id = ''"""
+        )
+        self.sql(
+            """UPDATE {s} SET codes = codes || 'IDENTITY_CONFLICT'::text
+               FROM portal_member m
+               WHERE {s}.member_id IS NULL AND {s}.emp <> ''
+                 AND lower(m.email) = {s}.email_norm AND m.employee_id <> ''
+                 AND NOT 'IDENTITY_CONFLICT' = ANY({s}.codes)"""
+        )
+        self.sql(
+            """UPDATE {s} SET member_id = m.id FROM portal_member m
+               WHERE {s}.emp = '' AND {s}.email_norm <> ''
+                 AND lower(m.email) = {s}.email_norm"""
+        )
+        self.sql(
+            """UPDATE {s} SET codes = codes || 'EMAIL_TAKEN'::text
+               FROM portal_member o
+               WHERE {s}.member_id IS NOT NULL AND {s}.email_norm <> ''
+                 AND lower(o.email) = {s}.email_norm AND o.id <> {s}.member_id
+                 AND NOT 'EMAIL_TAKEN' = ANY({s}.codes)"""
+        )
+        self.sql(
+            """UPDATE {s} SET codes = codes || 'OWNER_PROTECTED'::text
+               FROM portal_member m
+               WHERE m.id = {s}.member_id AND m.role = %s
+                 AND NOT 'OWNER_PROTECTED' = ANY({s}.codes)""",
+            [Role.OWNER],
+        )
+        self.sql(
+            """UPDATE {s} SET action = CASE
+                  WHEN codes && %s::text[] THEN 'error'
+                  WHEN member_id IS NULL THEN 'create'
+                  ELSE 'update' END""",
+            [sorted(ROW_ERRORS)],
+        )
+
+    # ------------------------------------------------------------ preview
+
+    def impact(self) -> dict[str, int]:
+        """What applying would do (the hold check and the preview's counts)."""
+        full = self.edi_file.mode == EdiMode.FULL
+        counts = dict(
+            zip(
+                ("rows", "create", "update", "row_errors", "keyless"),
+                self.rows_of(
+                    """SELECT count(*),
+                              count(*) FILTER (WHERE action = 'create'),
+                              count(*) FILTER (WHERE action = 'update'),
+                              count(*) FILTER (WHERE action = 'error'),
+                              count(*) FILTER (WHERE keyless)
+                       FROM {s}"""
+                )[0],
+                strict=True,
+            )
+        )
+        missing = (0, 0)
+        if full:
+            missing = self.rows_of(
+                """SELECT count(*), count(*) FILTER (WHERE m.has_seat)
+                   FROM portal_member m
+                   WHERE m.status <> 'deactivated' AND m.role <> %s
+                     AND m.managed_by_edi
+                     AND NOT EXISTS (SELECT 1 FROM {s} WHERE {s}.member_id = m.id)""",
+                [Role.OWNER],
+            )[0]
+        explicit_revokes = 0
+        if "seat" in self.columns:
+            explicit_revokes = self.rows_of(
+                """SELECT count(*) FROM {s} JOIN portal_member m ON m.id = {s}.member_id
+                   WHERE {s}.action = 'update' AND lower({s}.seat) = 'inactive'
+                     AND m.has_seat"""
+            )[0][0]
+        active, seats = self.rows_of(
+            """SELECT count(*) FILTER (WHERE status <> 'deactivated'),
+                      count(*) FILTER (WHERE has_seat)
+               FROM portal_member"""
+        )[0]
+        counts.update(
+            deactivate=missing[0],
+            revoke=missing[1] + explicit_revokes,
+            active_members=active,
+            active_seats=seats,
+        )
+        return counts
+
+    def samples(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for action in ("create", "update", "error"):
+            rows = self.rows_of(
+                """SELECT line, emp, email_norm, codes FROM {s}
+                   WHERE action = %s ORDER BY line LIMIT %s""",
+                [action, SAMPLES],
+            )
+            out[action] = [
+                {"line": r[0], "employee_id": r[1], "email": r[2], "codes": r[3]}
+                for r in rows
+            ]
+        if self.edi_file.mode == EdiMode.FULL:
+            rows = self.rows_of(
+                """SELECT m.employee_id, m.email FROM portal_member m
+                   WHERE m.status <> 'deactivated' AND m.role <> %s
+                     AND m.managed_by_edi
+                     AND NOT EXISTS (SELECT 1 FROM {s} WHERE {s}.member_id = m.id)
+                   ORDER BY m.id LIMIT %s""",
+                [Role.OWNER, SAMPLES],
+            )
+            out["deactivate"] = [{"employee_id": r[0], "email": r[1]} for r in rows]
+        return out
+
+    def hold_reasons(self, impact: dict[str, int], threshold: int) -> list[str]:
+        reasons = []
+        if impact["active_members"] and (
+            impact["deactivate"] * 100 > threshold * impact["active_members"]
+        ):
+            reasons.append(
+                f"It would deactivate {impact['deactivate']} of "
+                f"{impact['active_members']} active members (over {threshold} %)."
+            )
+        if impact["active_seats"] and (
+            impact["revoke"] * 100 > threshold * impact["active_seats"]
+        ):
+            reasons.append(
+                f"It would revoke {impact['revoke']} of {impact['active_seats']} "
+                f"seats (over {threshold} %)."
+            )
+        if self.edi_file.mode == EdiMode.FULL and impact["keyless"]:
+            reasons.append(
+                f"{impact['keyless']} row(s) have neither an email nor an "
+                "employee_id, so a full file cannot tell who they are."
+            )
+        return reasons
+
+    # -------------------------------------------------------------- apply
+
+    def apply(self) -> dict[str, int]:
+        """Every change, set-based; the caller holds the transaction."""
+        now = timezone.now()
+        present = self.columns
+        counts: dict[str, int] = {}
+        # New members. ON CONFLICT: someone who arrived by SSO a moment ago
+        # is the same person; the rows are resolved again just below.
+        # Every text field: absent columns are NULL in the stage, '' here.
+        plain = list(PLAIN_FIELDS)
+        targets = ", ".join(["email", "employee_id", *plain])
+        values = ", ".join(
+            ["btrim(email)", "emp", *(f"coalesce({c}, '')" for c in plain)]
+        )
+        counts["created"] = self.sql(
+            f"""INSERT INTO portal_member ({targets}, status, has_seat, role,
+                    source, managed_by_edi, created_at, updated_at)
+                SELECT {values}, 'invited', false, %s, 'edi', true, %s, %s
+                FROM {{s}} WHERE action = 'create' ORDER BY line
+                ON CONFLICT DO NOTHING""",
+            [Role.MEMBER, now, now],
+        )
+        self.sql(
+            """UPDATE {s} SET member_id = m.id FROM portal_member m
+               WHERE {s}.action = 'create' AND lower(m.email) = {s}.email_norm"""
+        )
+        self.sql(
+            """UPDATE {s} SET action = 'created' FROM portal_member m
+               WHERE {s}.action = 'create' AND m.id = {s}.member_id
+                 AND m.created_at = %s""",
+            [now],
+        )
+        self.sql("UPDATE {s} SET action = 'update' WHERE action = 'create'")
+        # Changed rows only (IS DISTINCT FROM); a blank cell clears.
+        sets = ["updated_at = %s"]
+        diffs = []
+        for column in PLAIN_FIELDS:
+            if column in present:
+                sets.append(f"{column} = coalesce(s.{column}, '')")
+                diffs.append(f"m.{column} IS DISTINCT FROM coalesce(s.{column}, '')")
+        sets.append(
+            "email = CASE WHEN lower(m.email) = s.email_norm THEN m.email "
+            "ELSE btrim(s.email) END"
+        )
+        diffs.append("lower(m.email) IS DISTINCT FROM s.email_norm")
+        sets.append(
+            "employee_id = CASE WHEN s.emp <> '' THEN s.emp ELSE m.employee_id END"
+        )
+        diffs.append("(s.emp <> '' AND m.employee_id IS DISTINCT FROM s.emp)")
+        sets.append(
+            "status = CASE WHEN m.status = 'deactivated' THEN "
+            "(CASE WHEN m.user_id IS NULL THEN 'invited' ELSE 'active' END) "
+            "ELSE m.status END"
+        )
+        sets.append(
+            "deactivated_at = CASE WHEN m.status = 'deactivated' THEN NULL "
+            "ELSE m.deactivated_at END"
+        )
+        diffs.append("m.status = 'deactivated'")
+        if "admin_permission" in present:
+            role_sql = (
+                "CASE WHEN lower(s.admin_permission) = 'admin' THEN %s "
+                "WHEN lower(s.admin_permission) = 'reporting' THEN %s "
+                "WHEN m.role IN (%s, %s) THEN %s ELSE m.role END"
+            )
+            sets.append(f"role = {role_sql}")
+            diffs.append(f"m.role IS DISTINCT FROM {role_sql}")
+            role_params = [
+                Role.ADMIN,
+                Role.READONLY_ADMIN,
+                Role.ADMIN,
+                Role.READONLY_ADMIN,
+                Role.MEMBER,
+            ]
+        else:
+            role_params = []
+        params: list[Any] = [now, *role_params, *role_params]
+        updated = self.rows_of(
+            f"""WITH changed AS (
+                  UPDATE portal_member m SET {", ".join(sets)}
+                  FROM {{s}} s
+                  WHERE s.action IN ('update', 'created') AND m.id = s.member_id
+                    AND m.role <> 'owner' AND ({" OR ".join(diffs)})
+                  RETURNING m.id)
+                UPDATE {{s}} SET action = 'updated' FROM changed
+                WHERE {{s}}.member_id = changed.id AND {{s}}.action = 'update'
+                RETURNING 1""",
+            params,
+        )
+        counts["updated"] = len(updated)
+        self.sql("UPDATE {s} SET action = 'unchanged' WHERE action = 'update'")
+        # Deactivate the missing (full files only), free their seats, and
+        # end their sessions (PORTAL-09's effects, set-based).
+        counts["deactivated"] = 0
+        if self.edi_file.mode == EdiMode.FULL:
+            self.sql(
+                """CREATE TEMP TABLE {s}_gone ON COMMIT DROP AS
+                   SELECT m.id, m.email, m.employee_id, m.has_seat
+                   FROM portal_member m
+                   WHERE m.status <> 'deactivated' AND m.role <> %s
+                     AND m.managed_by_edi
+                     AND NOT EXISTS (SELECT 1 FROM {s} WHERE {s}.member_id = m.id)""",
+                [Role.OWNER],
+            )
+            counts["deactivated"] = self.sql(
+                """UPDATE portal_member m SET status = 'deactivated',
+                       has_seat = false, seat_granted_at = NULL,
+                       deactivated_at = %s, updated_at = %s
+                   FROM {s}_gone g WHERE m.id = g.id""",
+                [now, now],
+            )
+            self.sql(
+                """DELETE FROM django_session WHERE session_key IN (
+                     SELECT session_key FROM portal_membersession ms
+                     JOIN {s}_gone g ON g.id = ms.member_id)"""
+            )
+            self.sql(
+                """DELETE FROM portal_membersession ms USING {s}_gone g
+                   WHERE ms.member_id = g.id"""
+            )
+        counts.update(self._seats(now))
+        if "groups" in present:
+            self._groups(now)
+        if "manager_employee_id" in present:
+            self._managers()
+        counts["unchanged"] = self.rows_of(
+            "SELECT count(*) FROM {s} WHERE action = 'unchanged'"
+        )[0][0]
+        counts["row_errors"] = self.rows_of(
+            "SELECT count(*) FROM {s} WHERE action = 'error'"
+        )[0][0]
+        counts["rows"] = self.rows
+        counts["warnings"] = self.rows_of(
+            "SELECT count(*) FROM {s} "
+            "WHERE action <> 'error' AND cardinality(codes) > 0"
+        )[0][0] + len(self.unknown_columns)
+        return counts
+
+    def _seats(self, now: Any) -> dict[str, int]:
+        """Revokes, then grants within the limit: freed seats first, explicit
+        `active` rows in file order, then rule grants in file order."""
+        self.sql("SELECT 1 FROM portal_seatpool WHERE id = 1 FOR UPDATE")
+        revoked = 0
+        if "seat" in self.columns:
+            revoked = self.sql(
+                """UPDATE portal_member m SET has_seat = false,
+                       seat_granted_at = NULL, updated_at = %s
+                   FROM {s} s
+                   WHERE m.id = s.member_id AND s.action <> 'error'
+                     AND lower(s.seat) = 'inactive' AND m.has_seat""",
+                [now],
+            )
+        rules = list(AutoProvisionRule.objects.values_list("field", "value"))
+        departments = [v.lower() for f, v in rules if f == "department"]
+        groups = [v.lower() for f, v in rules if f == "group"]
+        seat_blank = "lower(coalesce(s.seat, '')) = ''"
+        rule_match = ["false"]
+        params: list[Any] = []
+        if departments and "department" in self.columns:
+            rule_match.append("lower(s.department) = ANY(%s)")
+            params.append(departments)
+        if groups and "groups" in self.columns:
+            rule_match.append(
+                "EXISTS (SELECT 1 FROM unnest(string_to_array(s.groups, ';')) g "
+                "WHERE lower(btrim(g)) = ANY(%s))"
+            )
+            params.append(groups)
+        explicit = (
+            "lower(coalesce(s.seat, '')) = 'active'"
+            if "seat" in self.columns
+            else "false"
+        )
+        limit = self.rows_of('SELECT "limit" FROM portal_seatpool WHERE id = 1')
+        pool_limit = limit[0][0] if limit else None
+        used = self.rows_of("SELECT count(*) FROM portal_member WHERE has_seat")[0][0]
+        available = None if pool_limit is None else max(0, pool_limit - used)
+        self.sql(
+            f"""CREATE TEMP TABLE {{s}}_want ON COMMIT DROP AS
+                SELECT s.line, s.member_id,
+                       row_number() OVER (
+                         ORDER BY CASE WHEN {explicit} THEN 0 ELSE 1 END, s.line
+                       ) AS rank
+                FROM {{s}} s JOIN portal_member m ON m.id = s.member_id
+                WHERE s.action <> 'error' AND NOT m.has_seat
+                  AND m.status <> 'deactivated'
+                  AND ({explicit} OR ({seat_blank} AND ({" OR ".join(rule_match)})))""",
+            params,
+        )
+        granted = self.sql(
+            """UPDATE portal_member m SET has_seat = true, seat_granted_at = %s,
+                   updated_at = %s
+               FROM {s}_want w
+               WHERE m.id = w.member_id AND (%s::bigint IS NULL OR w.rank <= %s)""",
+            [now, now, available, available],
+        )
+        if available is not None:
+            self.sql(
+                """UPDATE {s} s SET codes = s.codes || 'SEAT_LIMIT_REACHED'::text
+                   FROM {s}_want w WHERE w.line = s.line AND w.rank > %s""",
+                [available],
+            )
+        return {"seats_granted": granted, "seats_revoked": revoked}
+
+    def _groups(self, now: Any) -> None:
+        """The `groups` cell replaces each listed member's group list."""
+        self.sql(
+            """CREATE TEMP TABLE {s}_groups ON COMMIT DROP AS
+               SELECT DISTINCT s.member_id, btrim(g) AS name
+               FROM {s} s, unnest(string_to_array(coalesce(s.groups, ''), ';')) g
+               WHERE s.action <> 'error' AND btrim(g) <> ''"""
+        )
+        self.sql(
+            """INSERT INTO portal_membergroup (name, created_at)
+               SELECT DISTINCT ON (lower(name)) left(name, 200), %s
+               FROM {s}_groups ORDER BY lower(name), name
+               ON CONFLICT DO NOTHING""",
+            [now],
+        )
+        self.sql(
+            """DELETE FROM portal_member_groups mg USING {s} s
+               WHERE mg.member_id = s.member_id AND s.action <> 'error'
+                 AND NOT EXISTS (
+                   SELECT 1 FROM {s}_groups w JOIN portal_membergroup g
+                     ON lower(g.name) = lower(w.name)
+                   WHERE w.member_id = mg.member_id AND g.id = mg.membergroup_id)"""
+        )
+        self.sql(
+            """INSERT INTO portal_member_groups (member_id, membergroup_id)
+               SELECT DISTINCT w.member_id, g.id FROM {s}_groups w
+               JOIN portal_membergroup g ON lower(g.name) = lower(w.name)
+               ON CONFLICT DO NOTHING"""
+        )
+
+    def _managers(self) -> None:
+        """Link `manager_employee_id`; unknown or looping links keep the old one."""
+        self.sql(
+            """UPDATE {s} s SET codes = s.codes || 'MANAGER_UNKNOWN'::text
+               WHERE s.action <> 'error'
+                 AND btrim(coalesce(s.manager_employee_id, '')) <> ''
+                 AND NOT EXISTS (SELECT 1 FROM portal_member m
+                                 WHERE m.employee_id = btrim(s.manager_employee_id))"""
+        )
+        self.sql(
+            """CREATE TEMP TABLE {s}_mgr ON COMMIT DROP AS
+               SELECT s.line, s.member_id, m.id AS manager_id
+               FROM {s} s LEFT JOIN portal_member m
+                 ON m.employee_id = btrim(s.manager_employee_id)
+                AND btrim(coalesce(s.manager_employee_id, '')) <> ''
+               WHERE s.action <> 'error'
+                 AND NOT 'MANAGER_UNKNOWN' = ANY(s.codes)"""
+        )
+        # The graph after the change: does walking up from a member's new
+        # manager come back to the member? (A self-link is a loop too.)
+        self.sql(
+            """UPDATE {s} s SET codes = s.codes || 'MANAGER_CYCLE'::text
+               FROM (
+                 WITH RECURSIVE edges AS (
+                   SELECT m.id, coalesce(w.manager_id, CASE WHEN w.member_id IS NULL
+                          THEN m.manager_id END) AS manager_id
+                   FROM portal_member m LEFT JOIN {s}_mgr w ON w.member_id = m.id
+                 ), walk(start, cur, depth) AS (
+                   SELECT w.member_id, w.manager_id, 1 FROM {s}_mgr w
+                   WHERE w.manager_id IS NOT NULL
+                   UNION ALL
+                   SELECT walk.start, e.manager_id, walk.depth + 1
+                   FROM walk JOIN edges e ON e.id = walk.cur
+                   WHERE walk.cur <> walk.start AND e.manager_id IS NOT NULL
+                     AND walk.depth < 200
+                 )
+                 SELECT DISTINCT start FROM walk WHERE cur = start
+               ) loops
+               WHERE s.member_id = loops.start"""
+        )
+        self.sql(
+            """UPDATE portal_member m SET manager_id = w.manager_id
+               FROM {s}_mgr w JOIN {s} s ON s.line = w.line
+               WHERE m.id = w.member_id AND NOT 'MANAGER_CYCLE' = ANY(s.codes)
+                 AND m.manager_id IS DISTINCT FROM w.manager_id"""
+        )
+
+    # ------------------------------------------------------------ results
+
+    def results_rows(self) -> Iterator[list[Any]]:
+        """One line per data row, then one per member deactivated by absence."""
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""SELECT s.line, coalesce(m.employee_id, s.emp),
+                           coalesce(m.email, btrim(coalesce(s.email, ''))),
+                           s.action, m.has_seat, s.codes
+                    FROM {self.table} s LEFT JOIN portal_member m ON m.id = s.member_id
+                    ORDER BY s.line"""
+            )
+            while batch := cursor.fetchmany(5000):
+                for line, emp, email, action, seat, codes in batch:
+                    outcome = {
+                        "error": "error",
+                        "created": "created",
+                        "updated": "updated",
+                        "unchanged": "unchanged",
+                    }.get(action, action)
+                    yield [
+                        line,
+                        emp,
+                        email,
+                        outcome,
+                        "" if seat is None else ("active" if seat else "inactive"),
+                        ";".join(codes),
+                        " ".join(MESSAGES.get(c, c) for c in codes),
+                    ]
+            if self.edi_file.mode == EdiMode.FULL:
+                cursor.execute(
+                    f"SELECT employee_id, email FROM {self.table}_gone ORDER BY id"
+                )
+                while batch := cursor.fetchmany(5000):
+                    for emp, email in batch:
+                        yield ["", emp, email, "deactivated", "inactive", "", ""]
+
+    def write_results(self) -> str:
+        """Encrypt the results CSV into the tenant's media; returns its name."""
+        name = f"{self.edi_file.pk}.results"
+        stream = _IterStream(
+            chunk.encode() for chunk in csv_lines(RESULT_COLUMNS, self.results_rows())
+        )
+        keyring_file_store(
+            purpose=KEY_PURPOSE,
+            file_id=name,
+            src=stream,  # type: ignore[arg-type]
+            path=media_dir() / name,
+        )
+        return name
+
+
+class _IterStream:
+    """A read()-able view of an iterator of bytes (for keyring_file_store)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            try:
+                self._buffer += next(self._chunks)
+            except StopIteration:
+                break
+        if size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _copy_text(value: str) -> str:
+    """A value in COPY's text format."""
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        value = (
+            value.replace("\\", "\\\\")
+            .replace("\t", "\\t")
+            .replace("\n", "\\n")
+            .replace("\r", "\\r")
+        )
+    return value
+
+
+# ---------------------------------------------------------------- the job
+
+
+@audits("edi.file.rejected", "edi.file.held", "edi.file.validated", "edi.file.applied")
+def edi_import_run(*, job: Job) -> None:
+    """Run (or rerun) the import of the job's file; see the module docstring."""
+    edi_file = EdiFile.objects.filter(pk=job.params.get("file_id")).first()
+    if edi_file is None or edi_file.is_final:
+        job_succeed(job=job, result={"skipped": True}, message="Nothing to do.")
+        return
+    approved = bool(job.params.get("approved"))
+    if edi_file.status in (EdiStatus.HELD, EdiStatus.VALIDATED) and not approved:
+        job_succeed(job=job, result={"skipped": True}, message="Waiting for approval.")
+        return
+    EdiFile.objects.filter(pk=edi_file.pk).update(status=EdiStatus.VALIDATING)
+    edi_file.status = EdiStatus.VALIDATING
+    settings_row = edi_settings_get()
+    run = Run(edi_file=edi_file, job=job)
+    run.progress("parsing", 0, force=True)
+    try:
+        try:
+            # A transaction: a file rejected half-way through the COPY
+            # leaves no table and no aborted connection behind.
+            with transaction.atomic():
+                run.stage()
+            run.validate(settings_row.invalid_rows_percent)
+        except FileRejected as rejected:
+            _finish(
+                edi_file,
+                job,
+                status=EdiStatus.REJECTED,
+                action="edi.file.rejected",
+                errors=[p.as_dict() for p in rejected.problems],
+                counts={"rows": run.rows},
+            )
+            return
+        run.resolve()
+        impact = run.impact()
+        preview = {"counts": impact, "samples": run.samples()}
+        if run.unknown_columns:
+            preview["unknown_columns"] = run.unknown_columns
+        if edi_file.dry_run:
+            _finish(
+                edi_file,
+                job,
+                status=EdiStatus.VALIDATED,
+                action="edi.file.validated",
+                preview=preview,
+                counts={"rows": run.rows},
+            )
+            return
+        reasons = run.hold_reasons(impact, settings_row.deactivation_threshold_percent)
+        if reasons and not approved:
+            _finish(
+                edi_file,
+                job,
+                status=EdiStatus.HELD,
+                action="edi.file.held",
+                preview=preview | {"hold_reasons": reasons},
+                counts={"rows": run.rows},
+            )
+            return
+        run.progress("applying", 60, force=True)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                    [f"edi-apply:{current_schema()}"],
+                )
+            # Members may have changed while this file waited for the lock.
+            run.resolve()
+            impact = run.impact()
+            grown = run.hold_reasons(
+                impact, settings_row.deactivation_threshold_percent
+            )
+            if grown and (not approved or _grew(edi_file.preview, impact)):
+                _finish(
+                    edi_file,
+                    job,
+                    status=EdiStatus.HELD,
+                    action="edi.file.held",
+                    preview=preview | {"hold_reasons": grown},
+                    counts={"rows": run.rows},
+                )
+                return
+            EdiFile.objects.filter(pk=edi_file.pk).update(status=EdiStatus.APPLYING)
+            counts = run.apply()
+            edi_file.results_name = run.write_results()
+            _finish(
+                edi_file,
+                job,
+                status=EdiStatus.COMPLETED,
+                action="edi.file.applied",
+                preview=preview,
+                counts=counts,
+            )
+            _supersede_older_held(edi_file)
+    finally:
+        run.drop()
+
+
+def _grew(preview: dict[str, Any], impact: dict[str, int]) -> bool:
+    before = preview.get("counts", {}) if preview else {}
+    return impact["deactivate"] > before.get("deactivate", 0) or impact[
+        "revoke"
+    ] > before.get("revoke", 0)
+
+
+def _finish(
+    edi_file: EdiFile,
+    job: Job,
+    *,
+    status: str,
+    action: str,
+    errors: list[dict[str, Any]] | None = None,
+    preview: dict[str, Any] | None = None,
+    counts: dict[str, int] | None = None,
+) -> None:
+    with transaction.atomic():
+        edi_file.status = status
+        if errors is not None:
+            edi_file.errors = errors
+        if preview is not None:
+            edi_file.preview = preview
+        if counts is not None:
+            edi_file.counts = counts
+        if status not in (EdiStatus.HELD, EdiStatus.VALIDATED):
+            edi_file.finished_at = timezone.now()
+        edi_file.save()
+        audit_event_record(
+            action=action,
+            target=edi_file,
+            changes={"status": status, "counts": counts or {}, "errors": errors or []},
+        )
+        job_succeed(job=job, result={"status": status, "counts": counts or {}})
+
+
+@audit_exempt("part of an applied file, which audits")
+def _supersede_older_held(edi_file: EdiFile) -> None:
+    EdiFile.objects.filter(
+        status__in=(EdiStatus.HELD, EdiStatus.VALIDATED),
+        received_at__lt=edi_file.received_at,
+        dry_run=False,
+    ).update(status=EdiStatus.SUPERSEDED, finished_at=timezone.now())
