@@ -8,6 +8,7 @@ from django.urls import include, path
 urlpatterns = [
     path("", include("portal.routes", namespace="portal")),
     path("sso/", include("sso.urls", namespace="sso")),
+    path("api/v1/edi/", include("edi.urls", namespace="edi_api")),
 ]
 
 handler404 = "portal.views.not_found_view"

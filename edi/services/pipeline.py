@@ -42,7 +42,7 @@ from portal.db import current_schema
 from portal.models import Job
 from portal.roles import Role
 from portal.services.audit import audit_event_record
-from portal.services.jobs import job_progress, job_succeed
+from portal.services.jobs import DetachedProgress, job_succeed
 from portal.services.keyring import keyring_file_open, keyring_file_store
 from portal.services.registry import audit_exempt, audits
 
@@ -112,15 +112,24 @@ class Run:
     unknown_columns: list[str] = field(default_factory=list)
     rows: int = 0
     _last_progress: float = 0.0
+    _channel: DetachedProgress | None = None
 
     # ------------------------------------------------------------ progress
 
     def progress(self, phase: str, percent: int, *, force: bool = False) -> None:
+        """At most twice a second, on a connection of its own (EDI-P13)."""
         now = time.monotonic()
         if not force and now - self._last_progress < PROGRESS_EVERY:
             return
         self._last_progress = now
-        job_progress(job=self.job, done=percent, total=100, message=phase)
+        if self._channel is None:
+            self._channel = DetachedProgress(self.job)
+        self._channel.update(done=percent, total=100, message=phase)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     # -------------------------------------------------------------- stage
 
@@ -203,6 +212,8 @@ class Run:
                                         ELSE ARRAY[problem] END
             """
         )
+        self.sql("CREATE INDEX {s}_emp ON {s} (emp)")
+        self.sql("CREATE INDEX {s}_member ON {s} (member_id)")
         self.sql(
             """UPDATE {s} SET codes = codes || 'EMAIL_INVALID'::text
                WHERE email_norm !~ '^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$'"""
@@ -416,42 +427,99 @@ class Run:
     # -------------------------------------------------------------- apply
 
     def apply(self) -> dict[str, int]:
-        """Every change, set-based; the caller holds the transaction."""
+        """Every change, set-based; the caller holds the transaction.
+
+        Each member row is written at most once: new members get their ids
+        first, seats and managers are decided in the stage, then one INSERT
+        and one UPDATE carry every field (each write of a member row also
+        updates its search index, the costliest part).
+        """
         now = timezone.now()
         present = self.columns
         counts: dict[str, int] = {}
-        # New members. ON CONFLICT: someone who arrived by SSO a moment ago
-        # is the same person; the rows are resolved again just below.
-        # Every text field: absent columns are NULL in the stage, '' here.
-        plain = list(PLAIN_FIELDS)
-        targets = ", ".join(["email", "employee_id", *plain])
+        self.sql(
+            """ALTER TABLE {s} ADD COLUMN is_new boolean DEFAULT false,
+                 ADD COLUMN seat_now boolean DEFAULT false,
+                 ADD COLUMN manager_after bigint, ADD COLUMN manager_now bigint"""
+        )
+        self.sql(
+            """UPDATE {s} SET is_new = true,
+                 member_id = nextval(pg_get_serial_sequence('portal_member', 'id'))
+               WHERE action = 'create'"""
+        )
+        self.sql(
+            """UPDATE {s} s SET seat_now = m.has_seat, manager_now = m.manager_id
+               FROM portal_member m WHERE m.id = s.member_id AND NOT s.is_new"""
+        )
+        counts["deactivated"] = self._deactivate_missing(now)
+        counts.update(self._seats())
+        if "manager_employee_id" in present:
+            self._managers()
+        else:
+            self.sql("UPDATE {s} SET manager_after = manager_now")
+        # New members, with their seat and manager. ON CONFLICT: someone who
+        # arrived by SSO a moment ago is the same person; such rows are
+        # resolved to that member and updated below.
+        plain = list(PLAIN_FIELDS)  # absent columns are NULL in the stage
+        targets = ", ".join(["id", "email", "employee_id", *plain])
         values = ", ".join(
-            ["btrim(email)", "emp", *(f"coalesce({c}, '')" for c in plain)]
+            ["member_id", "btrim(email)", "emp"] + [f"coalesce({c}, '')" for c in plain]
         )
+        role = self._role_sql("'member'")
         counts["created"] = self.sql(
-            f"""INSERT INTO portal_member ({targets}, status, has_seat, role,
-                    source, managed_by_edi, created_at, updated_at)
-                SELECT {values}, 'invited', false, %s, 'edi', true, %s, %s
-                FROM {{s}} WHERE action = 'create' ORDER BY line
+            f"""INSERT INTO portal_member ({targets}, status, has_seat,
+                    seat_granted_at, manager_id, role, source, managed_by_edi,
+                    created_at, updated_at)
+                SELECT {values}, 'invited', seat_after,
+                       CASE WHEN seat_after THEN %s::timestamptz END,
+                       manager_after, {role}, 'edi', true, %s, %s
+                FROM {{s}} s WHERE action = 'create' ORDER BY line
                 ON CONFLICT DO NOTHING""",
-            [Role.MEMBER, now, now],
+            [now, now, now],
         )
-        self.sql(
-            """UPDATE {s} SET member_id = m.id FROM portal_member m
-               WHERE {s}.action = 'create' AND lower(m.email) = {s}.email_norm"""
+        if counts["created"] < self._count("action = 'create'"):
+            self.sql(
+                """UPDATE {s} s SET member_id = m.id, is_new = false,
+                       action = 'update', seat_now = m.has_seat,
+                       manager_now = m.manager_id
+                   FROM portal_member m
+                   WHERE s.action = 'create' AND lower(m.email) = s.email_norm
+                     AND m.id <> s.member_id"""
+            )
+        self.sql("UPDATE {s} SET action = 'created' WHERE action = 'create'")
+        counts["updated"] = self._update_existing(now)
+        self.sql("UPDATE {s} SET action = 'unchanged' WHERE action = 'update'")
+        if "groups" in present:
+            self._groups(now)
+        counts["unchanged"] = self._count("action = 'unchanged'")
+        counts["row_errors"] = self._count("action = 'error'")
+        counts["rows"] = self.rows
+        counts["warnings"] = self._count(
+            "action <> 'error' AND cardinality(codes) > 0"
+        ) + len(self.unknown_columns)
+        return counts
+
+    def _count(self, where: str) -> int:
+        return int(self.rows_of(f"SELECT count(*) FROM {{s}} WHERE {where}")[0][0])
+
+    def _role_sql(self, current: str) -> str:
+        """The role a row asks for (admin_permission), given the current one."""
+        if "admin_permission" not in self.columns:
+            return current
+        return (
+            f"CASE WHEN lower(s.admin_permission) = 'admin' THEN '{Role.ADMIN}' "
+            f"WHEN lower(s.admin_permission) = 'reporting' "
+            f"THEN '{Role.READONLY_ADMIN}' "
+            f"WHEN {current} IN ('{Role.ADMIN}', '{Role.READONLY_ADMIN}') "
+            f"THEN '{Role.MEMBER}' ELSE {current} END"
         )
-        self.sql(
-            """UPDATE {s} SET action = 'created' FROM portal_member m
-               WHERE {s}.action = 'create' AND m.id = {s}.member_id
-                 AND m.created_at = %s""",
-            [now],
-        )
-        self.sql("UPDATE {s} SET action = 'update' WHERE action = 'create'")
-        # Changed rows only (IS DISTINCT FROM); a blank cell clears.
-        sets = ["updated_at = %s"]
+
+    def _update_existing(self, now: Any) -> int:
+        """One UPDATE of the changed members only (IS DISTINCT FROM)."""
+        sets = []
         diffs = []
         for column in PLAIN_FIELDS:
-            if column in present:
+            if column in self.columns:
                 sets.append(f"{column} = coalesce(s.{column}, '')")
                 diffs.append(f"m.{column} IS DISTINCT FROM coalesce(s.{column}, '')")
         sets.append(
@@ -463,6 +531,7 @@ class Run:
             "employee_id = CASE WHEN s.emp <> '' THEN s.emp ELSE m.employee_id END"
         )
         diffs.append("(s.emp <> '' AND m.employee_id IS DISTINCT FROM s.emp)")
+        # A member who reappears is reactivated (edi.md §2).
         sets.append(
             "status = CASE WHEN m.status = 'deactivated' THEN "
             "(CASE WHEN m.user_id IS NULL THEN 'invited' ELSE 'active' END) "
@@ -473,103 +542,77 @@ class Run:
             "ELSE m.deactivated_at END"
         )
         diffs.append("m.status = 'deactivated'")
-        if "admin_permission" in present:
-            role_sql = (
-                "CASE WHEN lower(s.admin_permission) = 'admin' THEN %s "
-                "WHEN lower(s.admin_permission) = 'reporting' THEN %s "
-                "WHEN m.role IN (%s, %s) THEN %s ELSE m.role END"
-            )
-            sets.append(f"role = {role_sql}")
-            diffs.append(f"m.role IS DISTINCT FROM {role_sql}")
-            role_params = [
-                Role.ADMIN,
-                Role.READONLY_ADMIN,
-                Role.ADMIN,
-                Role.READONLY_ADMIN,
-                Role.MEMBER,
-            ]
-        else:
-            role_params = []
-        params: list[Any] = [now, *role_params, *role_params]
+        sets.append("has_seat = s.seat_after")
+        sets.append(
+            "seat_granted_at = CASE WHEN s.seat_after AND NOT m.has_seat THEN %s "
+            "WHEN s.seat_after THEN m.seat_granted_at END"
+        )
+        diffs.append("m.has_seat IS DISTINCT FROM s.seat_after")
+        sets.append("manager_id = s.manager_after")
+        diffs.append("m.manager_id IS DISTINCT FROM s.manager_after")
+        role = self._role_sql("m.role")
+        sets.append(f"role = {role}")
+        diffs.append(f"m.role IS DISTINCT FROM {role}")
+        sets.append("updated_at = %s")
         updated = self.rows_of(
             f"""WITH changed AS (
                   UPDATE portal_member m SET {", ".join(sets)}
                   FROM {{s}} s
-                  WHERE s.action IN ('update', 'created') AND m.id = s.member_id
-                    AND m.role <> 'owner' AND ({" OR ".join(diffs)})
+                  WHERE s.action = 'update' AND m.id = s.member_id
+                    AND m.role <> '{Role.OWNER}' AND ({" OR ".join(diffs)})
                   RETURNING m.id)
                 UPDATE {{s}} SET action = 'updated' FROM changed
                 WHERE {{s}}.member_id = changed.id AND {{s}}.action = 'update'
                 RETURNING 1""",
-            params,
+            [now, now],
         )
-        counts["updated"] = len(updated)
-        self.sql("UPDATE {s} SET action = 'unchanged' WHERE action = 'update'")
-        # Deactivate the missing (full files only), free their seats, and
-        # end their sessions (PORTAL-09's effects, set-based).
-        counts["deactivated"] = 0
-        if self.edi_file.mode == EdiMode.FULL:
-            self.sql(
-                """CREATE TEMP TABLE {s}_gone ON COMMIT DROP AS
-                   SELECT m.id, m.email, m.employee_id, m.has_seat
-                   FROM portal_member m
-                   WHERE m.status <> 'deactivated' AND m.role <> %s
-                     AND m.managed_by_edi
-                     AND NOT EXISTS (SELECT 1 FROM {s} WHERE {s}.member_id = m.id)""",
-                [Role.OWNER],
-            )
-            counts["deactivated"] = self.sql(
-                """UPDATE portal_member m SET status = 'deactivated',
-                       has_seat = false, seat_granted_at = NULL,
-                       deactivated_at = %s, updated_at = %s
-                   FROM {s}_gone g WHERE m.id = g.id""",
-                [now, now],
-            )
-            self.sql(
-                """DELETE FROM django_session WHERE session_key IN (
-                     SELECT session_key FROM portal_membersession ms
-                     JOIN {s}_gone g ON g.id = ms.member_id)"""
-            )
-            self.sql(
-                """DELETE FROM portal_membersession ms USING {s}_gone g
-                   WHERE ms.member_id = g.id"""
-            )
-        counts.update(self._seats(now))
-        if "groups" in present:
-            self._groups(now)
-        if "manager_employee_id" in present:
-            self._managers()
-        counts["unchanged"] = self.rows_of(
-            "SELECT count(*) FROM {s} WHERE action = 'unchanged'"
-        )[0][0]
-        counts["row_errors"] = self.rows_of(
-            "SELECT count(*) FROM {s} WHERE action = 'error'"
-        )[0][0]
-        counts["rows"] = self.rows
-        counts["warnings"] = self.rows_of(
-            "SELECT count(*) FROM {s} "
-            "WHERE action <> 'error' AND cardinality(codes) > 0"
-        )[0][0] + len(self.unknown_columns)
-        return counts
+        return len(updated)
 
-    def _seats(self, now: Any) -> dict[str, int]:
-        """Revokes, then grants within the limit: freed seats first, explicit
-        `active` rows in file order, then rule grants in file order."""
+    def _deactivate_missing(self, now: Any) -> int:
+        """Full files: deactivate the absent, free seats, end sessions (PORTAL-09)."""
+        if self.edi_file.mode != EdiMode.FULL:
+            return 0
+        self.sql(
+            """CREATE TEMP TABLE {s}_gone ON COMMIT DROP AS
+               SELECT m.id, m.email, m.employee_id, m.has_seat
+               FROM portal_member m
+               WHERE m.status <> 'deactivated' AND m.role <> %s
+                 AND m.managed_by_edi
+                 AND NOT EXISTS (SELECT 1 FROM {s} WHERE {s}.member_id = m.id)""",
+            [Role.OWNER],
+        )
+        gone = self.sql(
+            """UPDATE portal_member m SET status = 'deactivated',
+                   has_seat = false, seat_granted_at = NULL,
+                   deactivated_at = %s, updated_at = %s
+               FROM {s}_gone g WHERE m.id = g.id""",
+            [now, now],
+        )
+        self.sql(
+            """DELETE FROM django_session WHERE session_key IN (
+                 SELECT session_key FROM portal_membersession ms
+                 JOIN {s}_gone g ON g.id = ms.member_id)"""
+        )
+        self.sql(
+            """DELETE FROM portal_membersession ms USING {s}_gone g
+               WHERE ms.member_id = g.id"""
+        )
+        return gone
+
+    def _seats(self) -> dict[str, int]:
+        """Decide `seat_after` per row: revokes first, then grants within the
+        limit, explicit `active` rows in file order, then rule grants."""
         self.sql("SELECT 1 FROM portal_seatpool WHERE id = 1 FOR UPDATE")
+        self.sql("UPDATE {s} SET seat_after = seat_now")
         revoked = 0
         if "seat" in self.columns:
             revoked = self.sql(
-                """UPDATE portal_member m SET has_seat = false,
-                       seat_granted_at = NULL, updated_at = %s
-                   FROM {s} s
-                   WHERE m.id = s.member_id AND s.action <> 'error'
-                     AND lower(s.seat) = 'inactive' AND m.has_seat""",
-                [now],
+                """UPDATE {s} SET seat_after = false
+                   WHERE action <> 'error' AND lower(seat) = 'inactive' AND seat_now"""
             )
         rules = list(AutoProvisionRule.objects.values_list("field", "value"))
         departments = [v.lower() for f, v in rules if f == "department"]
         groups = [v.lower() for f, v in rules if f == "group"]
-        seat_blank = "lower(coalesce(s.seat, '')) = ''"
         rule_match = ["false"]
         params: list[Any] = []
         if departments and "department" in self.columns:
@@ -586,28 +629,31 @@ class Run:
             if "seat" in self.columns
             else "false"
         )
+        blank = "lower(coalesce(s.seat, '')) = ''"
         limit = self.rows_of('SELECT "limit" FROM portal_seatpool WHERE id = 1')
         pool_limit = limit[0][0] if limit else None
-        used = self.rows_of("SELECT count(*) FROM portal_member WHERE has_seat")[0][0]
+        # Seats in use once this file's revokes and deactivations are done.
+        used = self.rows_of(
+            """SELECT count(*) FROM portal_member m
+               WHERE m.has_seat AND NOT EXISTS (
+                 SELECT 1 FROM {s} s WHERE s.member_id = m.id
+                   AND s.seat_now AND NOT s.seat_after)"""
+        )[0][0]
         available = None if pool_limit is None else max(0, pool_limit - used)
         self.sql(
             f"""CREATE TEMP TABLE {{s}}_want ON COMMIT DROP AS
-                SELECT s.line, s.member_id,
-                       row_number() OVER (
+                SELECT s.line, row_number() OVER (
                          ORDER BY CASE WHEN {explicit} THEN 0 ELSE 1 END, s.line
                        ) AS rank
-                FROM {{s}} s JOIN portal_member m ON m.id = s.member_id
-                WHERE s.action <> 'error' AND NOT m.has_seat
-                  AND m.status <> 'deactivated'
-                  AND ({explicit} OR ({seat_blank} AND ({" OR ".join(rule_match)})))""",
+                FROM {{s}} s
+                WHERE s.action IN ('create', 'update') AND NOT s.seat_now
+                  AND ({explicit} OR ({blank} AND ({" OR ".join(rule_match)})))""",
             params,
         )
         granted = self.sql(
-            """UPDATE portal_member m SET has_seat = true, seat_granted_at = %s,
-                   updated_at = %s
-               FROM {s}_want w
-               WHERE m.id = w.member_id AND (%s::bigint IS NULL OR w.rank <= %s)""",
-            [now, now, available, available],
+            """UPDATE {s} s SET seat_after = true FROM {s}_want w
+               WHERE w.line = s.line AND (%s::bigint IS NULL OR w.rank <= %s)""",
+            [available, available],
         )
         if available is not None:
             self.sql(
@@ -648,38 +694,49 @@ class Run:
         )
 
     def _managers(self) -> None:
-        """Link `manager_employee_id`; unknown or looping links keep the old one."""
+        """`manager_after`: the named manager (in the file or stored), blank
+        clears; an unknown manager or a loop keeps the old link, with a
+        warning."""
         self.sql(
-            """UPDATE {s} s SET codes = s.codes || 'MANAGER_UNKNOWN'::text
-               WHERE s.action <> 'error'
-                 AND btrim(coalesce(s.manager_employee_id, '')) <> ''
-                 AND NOT EXISTS (SELECT 1 FROM portal_member m
-                                 WHERE m.employee_id = btrim(s.manager_employee_id))"""
+            """UPDATE {s} s SET manager_after = CASE
+                 WHEN btrim(coalesce(s.manager_employee_id, '')) = '' THEN NULL
+                 ELSE coalesce(
+                   (SELECT f.member_id FROM {s} f
+                    WHERE f.emp = btrim(s.manager_employee_id)
+                      AND f.action IN ('create', 'update') LIMIT 1),
+                   (SELECT m.id FROM portal_member m
+                    WHERE m.employee_id = btrim(s.manager_employee_id)),
+                   -1) END
+               WHERE s.action IN ('create', 'update')"""
         )
         self.sql(
-            """CREATE TEMP TABLE {s}_mgr ON COMMIT DROP AS
-               SELECT s.line, s.member_id, m.id AS manager_id
-               FROM {s} s LEFT JOIN portal_member m
-                 ON m.employee_id = btrim(s.manager_employee_id)
-                AND btrim(coalesce(s.manager_employee_id, '')) <> ''
-               WHERE s.action <> 'error'
-                 AND NOT 'MANAGER_UNKNOWN' = ANY(s.codes)"""
+            """UPDATE {s} SET codes = codes || 'MANAGER_UNKNOWN'::text,
+                   manager_after = manager_now
+               WHERE manager_after = -1"""
         )
-        # The graph after the change: does walking up from a member's new
-        # manager come back to the member? (A self-link is a loop too.)
+        self.sql("UPDATE {s} SET manager_after = manager_now WHERE action = 'error'")
+        # Walk up from each changed link through the graph after the file;
+        # coming back to the member is a loop (a self-link too).
+        self.sql(
+            """CREATE TEMP TABLE {s}_edges ON COMMIT DROP AS
+               SELECT s.member_id AS id, s.manager_after AS manager_id
+               FROM {s} s WHERE s.member_id IS NOT NULL
+               UNION ALL
+               SELECT m.id, m.manager_id FROM portal_member m
+               WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE s.member_id = m.id)"""
+        )
+        self.sql("CREATE INDEX ON {s}_edges (id)")
+        self.sql("ANALYZE {s}_edges")
         self.sql(
             """UPDATE {s} s SET codes = s.codes || 'MANAGER_CYCLE'::text
                FROM (
-                 WITH RECURSIVE edges AS (
-                   SELECT m.id, coalesce(w.manager_id, CASE WHEN w.member_id IS NULL
-                          THEN m.manager_id END) AS manager_id
-                   FROM portal_member m LEFT JOIN {s}_mgr w ON w.member_id = m.id
-                 ), walk(start, cur, depth) AS (
-                   SELECT w.member_id, w.manager_id, 1 FROM {s}_mgr w
-                   WHERE w.manager_id IS NOT NULL
+                 WITH RECURSIVE walk(start, cur, depth) AS (
+                   SELECT s.member_id, s.manager_after, 1 FROM {s} s
+                   WHERE s.manager_after IS NOT NULL
+                     AND s.manager_after IS DISTINCT FROM s.manager_now
                    UNION ALL
                    SELECT walk.start, e.manager_id, walk.depth + 1
-                   FROM walk JOIN edges e ON e.id = walk.cur
+                   FROM walk JOIN {s}_edges e ON e.id = walk.cur
                    WHERE walk.cur <> walk.start AND e.manager_id IS NOT NULL
                      AND walk.depth < 200
                  )
@@ -688,10 +745,8 @@ class Run:
                WHERE s.member_id = loops.start"""
         )
         self.sql(
-            """UPDATE portal_member m SET manager_id = w.manager_id
-               FROM {s}_mgr w JOIN {s} s ON s.line = w.line
-               WHERE m.id = w.member_id AND NOT 'MANAGER_CYCLE' = ANY(s.codes)
-                 AND m.manager_id IS DISTINCT FROM w.manager_id"""
+            """UPDATE {s} SET manager_after = manager_now
+               WHERE 'MANAGER_CYCLE' = ANY(codes)"""
         )
 
     # ------------------------------------------------------------ results
@@ -884,6 +939,7 @@ def edi_import_run(*, job: Job) -> None:
             )
             _supersede_older_held(edi_file)
     finally:
+        run.close()
         run.drop()
 
 

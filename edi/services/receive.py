@@ -58,6 +58,7 @@ def edi_settings_get() -> EdiSettings:
     return settings_row
 
 
+@audit_exempt("a path, no change")
 def media_dir() -> Path:
     """`MEDIA_ROOT/<schema>/edi/` (TEN-13), created on demand."""
     schema = current_schema()
@@ -68,6 +69,7 @@ def media_dir() -> Path:
     return path
 
 
+@audit_exempt("a path, no change")
 def raw_blob_path(edi_file: EdiFile) -> Path:
     return media_dir() / edi_file.blob_name
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from django.conf import settings
 
 from portal.errors import ApplicationError
+from portal.services.registry import audit_exempt
 
 PART_PREFIX = ".part-"
 PART_MAX_AGE_SECONDS = 6 * 3600
@@ -47,6 +48,7 @@ class Spooled:
     size: int
 
 
+@audit_exempt("a path or a setting, no change")
 def spool_dir(schema_name: str) -> Path:
     """The tenant's spool directory (0700), created on demand."""
     if not schema_name or schema_name == "public" or "/" in schema_name:
@@ -57,6 +59,7 @@ def spool_dir(schema_name: str) -> Path:
     return path
 
 
+@audit_exempt("a path or a setting, no change")
 def max_file_bytes() -> int:
     return int(settings.EDI_MAX_FILE_BYTES)
 
@@ -139,6 +142,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@audit_exempt("removes abandoned upload parts, never imported files")
 def spool_sweep(*, older_than: float = PART_MAX_AGE_SECONDS) -> int:
     """Delete abandoned parts and received leftovers in every tenant's spool."""
     root = Path(settings.PORTAL_DATA_DIR) / "edi-spool"

@@ -167,6 +167,43 @@ class JobCancelled(Exception):
     pass
 
 
+class DetachedProgress:
+    """Progress and heartbeat on a connection of their own (PORTAL-15).
+
+    For work that runs inside one long transaction, or streams a `COPY`,
+    on the default connection: updates here commit at once, so pollers see
+    them while the work's own transaction is still open. Raises
+    `JobCancelled` like `job_progress`. Close it when the work ends.
+    """
+
+    def __init__(self, job: Job) -> None:
+        import psycopg
+        from django.db import connection
+
+        self.job_id = job.pk
+        params = connection.get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        params.pop("prepare_threshold", None)
+        self._conn = psycopg.connect(**params, autocommit=True)
+        self._conn.execute(
+            "SELECT set_config('search_path', %s, false)", [current_schema()]
+        )
+
+    def update(self, *, done: int, total: int | None, message: str) -> None:
+        row = self._conn.execute(
+            f"UPDATE {Job._meta.db_table} SET progress_done = %s, "  # noqa: S608 - model table
+            "progress_total = coalesce(%s, progress_total), message = %s, "
+            "heartbeat_at = now() WHERE id = %s RETURNING status",
+            [done, total, message[:500], self.job_id],
+        ).fetchone()
+        if row is not None and row[0] == JobStatus.CANCELLED:
+            raise JobCancelled(str(self.job_id))
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 @audits("portal.job.succeeded")
 @transaction.atomic
 def job_succeed(*, job: Job, result: dict[str, Any], message: str = "") -> None:

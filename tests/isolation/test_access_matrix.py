@@ -132,6 +132,17 @@ MATRIX: tuple[Column, ...] = (
     Column("api-audit-export", "portal:api:audit-export-api", "POST",
            "/api/v1/audit/exports/",
            (401, 403, 202, 403, 202, 202, 401), writes=True),
+    # EDI over HTTPS: uploads take a token only; admins' sessions may read.
+    Column("api-edi-file-list", "edi_api:file-list", "GET", "/api/v1/edi/files/",
+           (401, 403, 200, 200, 200, 200, 401)),
+    Column("api-edi-file-upload", "edi_api:file-list", "POST", "/api/v1/edi/files/",
+           (401, 401, 401, 401, 401, 401, 401)),
+    Column("api-edi-file-detail", "edi_api:file-detail", "GET",
+           "/api/v1/edi/files/00000000-0000-4000-8000-000000000000/",
+           (401, 403, 404, 404, 404, 404, 401)),
+    Column("api-edi-file-results", "edi_api:file-results", "GET",
+           "/api/v1/edi/files/00000000-0000-4000-8000-000000000000/results.csv",
+           (401, 403, 404, 404, 404, 404, 401)),
     # The schema and its docs sit behind the page decorator: a browser asks.
     Column("api-schema", "portal:api-schema", "GET", "/api/schema/",
            (L, 200, 200, 200, 200, 200, L)),

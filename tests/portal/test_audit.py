@@ -53,6 +53,12 @@ def _service_modules() -> list[ModuleType]:
         f"sso.services.{info.name}"
         for info in pkgutil.iter_modules(sso.services.__path__)
     ]
+    import edi.services
+
+    names += [
+        f"edi.services.{info.name}"
+        for info in pkgutil.iter_modules(edi.services.__path__)
+    ]
     return [
         importlib.import_module(name)
         for name in names
