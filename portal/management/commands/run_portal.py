@@ -25,6 +25,7 @@ from django_tenants.utils import schema_context, tenant_context
 DEMO_SLUG = "acme"
 DEMO_OWNER = "owner@acme.example"
 DEMO_MEMBERS = 300
+SFTP_BIND = "127.0.0.1"
 
 
 class Command(BaseCommand):
@@ -96,7 +97,24 @@ class Command(BaseCommand):
         host, port = options["host"], options["port"]
         commands = {
             "web": [python, "manage.py", "runserver", f"{host}:{port}", "--noreload"],
+            # --grace: uploads get 10 s to finish, inside the 20 s below.
+            "sftpd": [
+                python,
+                "manage.py",
+                "sftpd",
+                "--bind",
+                SFTP_BIND,
+                "--port",
+                "2222",
+                "--grace",
+                "10",
+            ],
         }
+        # The child would create it too; creating it here (once, never
+        # replaced) lets the banner show its fingerprint.
+        from edi.services.sftp import sftp_host_key_ensure
+
+        sftp_host_key = sftp_host_key_ensure()
         if not options["no_worker"]:
             commands["worker"] = [
                 str(bin_dir / "celery"),
@@ -128,7 +146,9 @@ class Command(BaseCommand):
             f"  Console:       http://{base}:{port}/  (operators: "
             "python manage.py createsuperuser)\n"
             f"  API docs:      http://{DEMO_SLUG}.{base}:{port}/api/docs/\n"
-            "  SFTP server:   not built yet (arrives with the employee-data issue)\n"
+            f"  SFTP server:   sftp -P 2222 {DEMO_SLUG}@{SFTP_BIND}  (host key "
+            f"{sftp_host_key.sha256}; keys: python manage.py edi_sftp_key "
+            f"{DEMO_SLUG} --public-key FILE.pub)\n"
             "  Ctrl-C stops everything.\n"
         )
         stopping = False

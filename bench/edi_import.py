@@ -1,0 +1,182 @@
+"""EDI §5 benchmark: a full file applied end to end, beside a bare COPY.
+
+    .venv/bin/python bench/edi_import.py [--rows 100000] [--reuse]
+
+On its own database (`bench_edi_import`) and tenant `bench-edi`, for a
+generated file of --rows rows (about 120 bytes each: employee id, email,
+names, title, department, location, manager, seat, two groups), it times
+four scenarios in order: the first load, the same data again, 10 % changed
++ 2 % new + 2 % absent, and every row changed. Each is received through
+`edi_file_receive` (spool, encryption, the EdiFile commit) and then run
+in this process exactly as the worker's task body runs it (`job_start` +
+`edi_import_run`); the time is from the EdiFile commit until `completed`
+with the results written. Beside each, the floor: a bare `COPY` of the
+same CSV into an unindexed table. Peak RSS of this process is printed
+after each scenario (ru_maxrss). Timed with DEBUG=False.
+
+Targets (edi.md §5): 100k rows <= 10 s, 1M rows <= 60 s, RSS <= 250 MB.
+Exit status 0 only if every timed scenario with a target meets it.
+"""
+
+from __future__ import annotations
+
+import io
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import (  # noqa: E402 - the bench folder is not a package
+    base_parser,
+    bench_tenant_ensure,
+    django_start,
+    in_bench_tenant,
+    log,
+    machine_report,
+    table,
+)
+
+DATABASE = "bench_edi_import"
+SLUG = "bench-edi"
+HEADER = (
+    "employee_id,email,first_name,last_name,job_title,department,location,"
+    "manager_employee_id,seat,groups\n"
+)
+
+
+def generate(rows: range, *, salt: str = "", drop: int = 0) -> bytes:
+    out = io.StringIO()
+    out.write(HEADER)
+    for i in rows:
+        if drop and i % 50 == 7:
+            continue  # 2 % absent
+        mgr = f"E{i // 10}" if i >= 10 else ""
+        first = f"First{i}{salt if (not drop or i % 10 == 3) else ''}"
+        out.write(
+            f"E{i},person{i}@corp.test,{first},Last{i},Engineer,Dept{i % 50},"
+            f"City{i % 20},{mgr},active,G{i % 7};G{i % 11}\n"
+        )
+    return out.getvalue().encode()
+
+
+def floor_copy(data: bytes) -> float:
+    """A bare COPY of the same CSV into an unindexed table."""
+    from django.db import connection
+
+    data = data.rstrip(b"\n") + b"\n"  # COPY refuses a blank last line
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE bench_floor (a text, b text, c text, d text, "
+            "e text, f text, g text, h text, i text, j text)"
+        )
+        began = time.perf_counter()
+        with cursor.cursor.copy(
+            "COPY bench_floor FROM STDIN WITH (FORMAT csv, HEADER true)"
+        ) as copy:
+            view = memoryview(data)
+            for start in range(0, len(data), 1 << 20):
+                copy.write(view[start : start + (1 << 20)])
+        took = time.perf_counter() - began
+        cursor.execute("DROP TABLE bench_floor")
+    return took
+
+
+def run_file(data: bytes) -> tuple[float, object]:
+    from edi.services.pipeline import edi_import_run
+    from edi.services.receive import edi_file_receive
+    from edi.services.spool import SpoolWriter
+    from portal.db import current_schema
+    from portal.services.jobs import job_start
+
+    with SpoolWriter(current_schema()) as writer:
+        writer.write(data)
+        spooled = writer.finish()
+    edi_file = edi_file_receive(spooled=spooled, source="api", mode="full")
+    began = time.perf_counter()
+    job = job_start(job_id=str(edi_file.job_id))
+    if job is None:
+        raise SystemExit(f"file {edi_file.pk} has no runnable job")
+    edi_import_run(job=job)
+    took = time.perf_counter() - began
+    edi_file.refresh_from_db()
+    return took, edi_file
+
+
+def main() -> int:
+    parser = base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+    django_start(database=DATABASE, reuse=args.reuse)
+    print("== Machine ==")
+    print(machine_report())
+    from django.test.utils import override_settings
+
+    from portal.models import Member
+
+    bench_tenant_ensure(slug=SLUG, name="Bench EDI")
+    n = args.rows
+    target = 10.0 if n <= 100_000 else 60.0
+    scenarios = [
+        ("first load", generate(range(n)), True),
+        ("same data again", generate(range(n)) + b"\n", True),
+        (
+            "10 % changed, 2 % new, 2 % absent",
+            generate(range(n + n // 50), salt="c", drop=1),
+            True,
+        ),
+        ("every row changed (no target)", generate(range(n), salt="z"), False),
+    ]
+    rows = []
+    ok = True
+    with override_settings(DEBUG=False), in_bench_tenant(SLUG):
+        Member.objects.exclude(role="owner").delete()
+        for name, data, timed in scenarios:
+            log(f"{name}: {len(data) / 1e6:.1f} MB")
+            floor = floor_copy(data)
+            took, edi_file = run_file(data)
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            status = getattr(edi_file, "status", "?")
+            met = status == "completed" and (not timed or took <= target)
+            ok = ok and met and rss <= 250
+            counts = getattr(edi_file, "counts", {})
+            rows.append(
+                [
+                    name,
+                    status,
+                    f"{took:.1f}",
+                    f"{floor:.2f}",
+                    f"{took / floor:.0f}x",
+                    f"{rss:.0f}",
+                    ", ".join(
+                        f"{k} {counts.get(k, 0)}"
+                        for k in ("created", "updated", "unchanged", "deactivated")
+                    ),
+                    ("met" if met else "MISSED") if timed else "-",
+                ]
+            )
+    print(f"\n== {n:,} rows, full files, in-process worker body ==")
+    print(
+        table(
+            [
+                "scenario",
+                "status",
+                "s",
+                "floor s",
+                "ratio",
+                "RSS MB",
+                "counts",
+                "target",
+            ],
+            rows,
+        )
+    )
+    print(f"Target: <= {target:.0f} s end to end, peak RSS <= 250 MB.")
+    print(f"EDI §5 check: {'PASS' if ok else 'FAIL'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
