@@ -199,7 +199,7 @@ class Run:
             """
             ALTER TABLE {s}
               ADD COLUMN email_norm text, ADD COLUMN emp text,
-              ADD COLUMN member_id bigint, ADD COLUMN adopt boolean DEFAULT false,
+              ADD COLUMN member_id bigint,
               ADD COLUMN action text, ADD COLUMN codes text[] DEFAULT '{}',
               ADD COLUMN seat_after boolean, ADD COLUMN keyless boolean DEFAULT false
             """
@@ -284,13 +284,13 @@ class Run:
 
     def resolve(self) -> None:
         """Each row's member (edi.md §2 identity rules), conflicts as codes."""
-        self.sql("UPDATE {s} SET member_id = NULL, adopt = false")
+        self.sql("UPDATE {s} SET member_id = NULL")
         self.sql(
             """UPDATE {s} SET member_id = m.id FROM portal_member m
                WHERE {s}.emp <> '' AND m.employee_id = {s}.emp"""
         )
         self.sql(
-            """UPDATE {s} SET member_id = m.id, adopt = true FROM portal_member m
+            """UPDATE {s} SET member_id = m.id FROM portal_member m
                WHERE {s}.member_id IS NULL AND {s}.emp <> ''
                  AND lower(m.email) = {s}.email_norm AND m.employee_id = ''"""
         )
@@ -763,17 +763,11 @@ class Run:
             )
             while batch := cursor.fetchmany(5000):
                 for line, emp, email, action, seat, codes in batch:
-                    outcome = {
-                        "error": "error",
-                        "created": "created",
-                        "updated": "updated",
-                        "unchanged": "unchanged",
-                    }.get(action, action)
                     yield [
                         line,
                         emp,
                         email,
-                        outcome,
+                        action,  # created, updated, unchanged or error
                         "" if seat is None else ("active" if seat else "inactive"),
                         ";".join(codes),
                         " ".join(MESSAGES.get(c, c) for c in codes),
