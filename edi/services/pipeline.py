@@ -43,7 +43,11 @@ from portal.models import Job
 from portal.roles import Role
 from portal.services.audit import audit_event_record
 from portal.services.jobs import DetachedProgress, job_succeed
-from portal.services.keyring import keyring_file_open, keyring_file_store
+from portal.services.keyring import (
+    chunks_reader,
+    keyring_file_open,
+    keyring_file_store,
+)
 from portal.services.registry import audit_exempt, audits
 
 SAMPLES = 50
@@ -783,39 +787,15 @@ class Run:
     def write_results(self) -> str:
         """Encrypt the results CSV into the tenant's media; returns its name."""
         name = f"{self.edi_file.pk}.results"
-        stream = _IterStream(
-            chunk.encode() for chunk in csv_lines(RESULT_COLUMNS, self.results_rows())
-        )
         keyring_file_store(
             purpose=KEY_PURPOSE,
             file_id=name,
-            src=stream,  # type: ignore[arg-type]
+            src=chunks_reader(
+                line.encode() for line in csv_lines(RESULT_COLUMNS, self.results_rows())
+            ),
             path=media_dir() / name,
         )
         return name
-
-
-class _IterStream:
-    """A read()-able view of an iterator of bytes (for keyring_file_store)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = b""
-
-    def seekable(self) -> bool:
-        return False
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            try:
-                self._buffer += next(self._chunks)
-            except StopIteration:
-                break
-        if size < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:

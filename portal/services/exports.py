@@ -6,7 +6,6 @@ by the member who asked for it, for 24 hours, then deleted.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +20,11 @@ from portal.models import Job, JobStatus
 from portal.roles import can
 from portal.services.audit import audit_event_record
 from portal.services.jobs import job_progress, job_succeed
-from portal.services.keyring import keyring_file_open, keyring_file_store
+from portal.services.keyring import (
+    chunks_reader,
+    keyring_file_open,
+    keyring_file_store,
+)
 from portal.services.registry import audit_exempt, audits
 
 if TYPE_CHECKING:
@@ -36,28 +39,6 @@ EXPORT_CAPABILITY = {
     "member_bulk": "members.edit",
 }
 PROGRESS_EVERY = 2000
-
-
-class _IterReader(io.RawIOBase):
-    """A readable stream over an iterator of byte chunks."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        while not self._buffer:
-            try:
-                self._buffer = next(self._chunks)
-            except StopIteration:
-                return 0
-        size = min(len(target), len(self._buffer))
-        target[:size] = self._buffer[:size]
-        self._buffer = self._buffer[size:]
-        return size
 
 
 @audit_exempt("read: computes a path")
@@ -88,7 +69,7 @@ def export_write(
     size = keyring_file_store(
         purpose="exports",
         file_id=str(job.pk),
-        src=io.BufferedReader(_IterReader(encoded()), buffer_size=1 << 20),
+        src=chunks_reader(encoded()),
         path=path,
     )
     stamp = timezone.now().strftime("%Y%m%d-%H%M")

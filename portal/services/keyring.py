@@ -10,6 +10,7 @@ nulls its wrapped bytes: everything encrypted under it is gone
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import struct
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -201,6 +202,34 @@ def keyring_decrypt(*, purpose: str, blob: bytes, aad: bytes) -> bytes:
     return crypto.decrypt_field(
         keyring_key(purpose=purpose, version=version), blob, aad=aad
     )
+
+
+class _ChunksReader(io.RawIOBase):
+    """A readable stream over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        return size
+
+
+@audit_exempt("pure: adapts an iterator of bytes to a file object")
+def chunks_reader(chunks: Iterator[bytes]) -> BinaryIO:
+    """A buffered, readable file over `chunks` (for `keyring_file_store`)."""
+    return io.BufferedReader(_ChunksReader(chunks), buffer_size=1 << 20)
 
 
 _FILE_PREFIX = struct.Struct(">4sIH")  # magic, key version, wrapped-key length
