@@ -414,3 +414,6 @@ LOGGING: dict[str, Any] = {
 
 # EDI (edi.md §4): one size limit for every channel.
 EDI_MAX_FILE_BYTES = int(os.environ.get("EDI_MAX_FILE_BYTES") or 256 * 1024 * 1024)
+# Test setting only (EDI-P14's crash tests): the worker SIGKILLs itself at
+# this point of an import: parsing, before_commit or after_commit_before_ack.
+EDI_TEST_CRASH_AT = os.environ.get("EDI_TEST_CRASH_AT", "")

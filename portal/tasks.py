@@ -74,6 +74,7 @@ def member_bulk_run_task(
 @app.task(name="portal.jobs_reap", base=TenantBoundTask, bind=True)
 def jobs_reap_task(self: TenantBoundTask, *, schema_name: str) -> None:
     """Re-queue this tenant's stalled jobs (PORTAL-16)."""
+    from edi.tasks import edi_import_task
     from portal.services.jobs import job_reap_stale
 
     job_reap_stale(
@@ -81,6 +82,9 @@ def jobs_reap_task(self: TenantBoundTask, *, schema_name: str) -> None:
             "audit_export": audit_export_run_task,
             "member_export": member_export_run_task,
             "member_bulk": member_bulk_run_task,
+            # Also the EDI-P1 sweeper: a file whose enqueue was lost (broker
+            # down at upload) has a queued job nobody started.
+            "edi_import": edi_import_task,
         }
     )
 

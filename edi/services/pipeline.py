@@ -25,16 +25,20 @@ The statements are the same for every file size (EDI-P2).
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from edi.models import AutoProvisionRule, EdiFile, EdiMode, EdiStatus
+from edi.services.notify import edi_file_notify
 from edi.services.parsing import CANONICAL, FileRejected, Problem, Reader
 from edi.services.receive import KEY_PURPOSE, edi_settings_get, media_dir, raw_blob_path
 from portal.csvio import csv_lines
@@ -105,6 +109,12 @@ class Held(Exception):
     pass
 
 
+def crash_point(name: str) -> None:
+    """Kill this worker here when the test setting names this point (EDI-P14)."""
+    if settings.EDI_TEST_CRASH_AT == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @dataclass
 class Run:
     """One run of the pipeline over one file (a job attempt)."""
@@ -172,6 +182,7 @@ class Run:
                     if len(batch) >= COPY_BATCH:
                         copy.write("\n".join(batch) + "\n")
                         batch.clear()
+                        crash_point("parsing")
                         self.progress(
                             "parsing", min(40, 40 * reader.bytes_read // size)
                         )
@@ -856,17 +867,19 @@ def edi_import_run(*, job: Job) -> None:
         preview = {"counts": impact, "samples": run.samples()}
         if run.unknown_columns:
             preview["unknown_columns"] = run.unknown_columns
+        reasons = run.hold_reasons(impact, settings_row.deactivation_threshold_percent)
         if edi_file.dry_run:
+            # The preview says what approval would override: applying a
+            # validated file is an admin's approval (EDI-P8).
             _finish(
                 edi_file,
                 job,
                 status=EdiStatus.VALIDATED,
                 action="edi.file.validated",
-                preview=preview,
+                preview=preview | ({"hold_reasons": reasons} if reasons else {}),
                 counts={"rows": run.rows},
             )
             return
-        reasons = run.hold_reasons(impact, settings_row.deactivation_threshold_percent)
         if reasons and not approved:
             _finish(
                 edi_file,
@@ -912,6 +925,8 @@ def edi_import_run(*, job: Job) -> None:
                 counts=counts,
             )
             _supersede_older_held(edi_file)
+            crash_point("before_commit")
+        crash_point("after_commit_before_ack")
     finally:
         run.close()
         run.drop()
@@ -945,6 +960,7 @@ def _finish(
         if status not in (EdiStatus.HELD, EdiStatus.VALIDATED):
             edi_file.finished_at = timezone.now()
         edi_file.save()
+        edi_file_notify(edi_file=edi_file)
         audit_event_record(
             action=action,
             target=edi_file,
