@@ -55,6 +55,7 @@ from portal.services.keyring import (
 from portal.services.registry import audit_exempt, audits
 
 SAMPLES = 50
+EMAIL_PATTERN = "^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$"
 PROGRESS_EVERY = 0.5  # seconds
 COPY_BATCH = 4000  # rows per COPY write
 LIMITS = {  # column -> the member field's max length
@@ -148,7 +149,8 @@ class Run:
     # -------------------------------------------------------------- stage
 
     def stage(self) -> None:
-        """COPY the file's rows into a session-local TEMP table, then ANALYZE."""
+        """COPY the file's rows into a session-local TEMP table (`validate`
+        rewrites it in one pass and analyzes the result)."""
         size = max(1, self.edi_file.size)
         chunks = keyring_file_open(
             purpose=KEY_PURPOSE,
@@ -188,7 +190,6 @@ class Run:
                         )
                 if batch:
                     copy.write("\n".join(batch) + "\n")
-            cursor.execute(f"ANALYZE {self.table}")
         self.rows = reader.data_rows
         self.progress("validating", 40, force=True)
 
@@ -208,54 +209,63 @@ class Run:
             cursor.execute(statement.replace("{s}", self.table), params or [])
             return list(cursor.fetchall())
 
+    def rebuild(
+        self,
+        select: str,
+        params: list[Any] | None = None,
+        *,
+        indexes: tuple[str, ...] = (),
+        analyze: tuple[str, ...] = ("line", "emp", "email_norm"),
+    ) -> None:
+        """Replace the stage by `select` over it (`CREATE TABLE AS`).
+
+        One pass writes every derived column at once: an `UPDATE` per
+        column would rewrite each row again and leave dead versions behind
+        for every later index lookup (temp tables are never vacuumed).
+        """
+        new = f"{self.table}_next"
+        self.sql(f"CREATE TEMP TABLE {new} AS {select}", params)
+        self.sql("DROP TABLE {s}")
+        self.sql(f"ALTER TABLE {new} RENAME TO {self.table}")
+        for column in indexes:
+            self.sql(f"CREATE INDEX ON {{s}} ({column})")
+        # Only what later joins and filters plan with: a full ANALYZE of
+        # the text columns costs more than the statements it informs.
+        self.sql(f"ANALYZE {{s}} ({', '.join(analyze)})")
+
     def validate(self, invalid_percent: int) -> None:
         """Row codes, duplicate keys and the invalid ratio, all in SQL."""
-        self.sql(
-            """
-            ALTER TABLE {s}
-              ADD COLUMN email_norm text, ADD COLUMN emp text,
-              ADD COLUMN member_id bigint,
-              ADD COLUMN action text, ADD COLUMN codes text[] DEFAULT '{}',
-              ADD COLUMN seat_after boolean, ADD COLUMN keyless boolean DEFAULT false
-            """
-        )
-        self.sql(
-            """
-            UPDATE {s} SET email_norm = lower(btrim(coalesce(email, ''))),
-                           emp = btrim(coalesce(employee_id, '')),
-                           codes = CASE WHEN problem IS NULL THEN '{}'
-                                        ELSE ARRAY[problem] END
-            """
-        )
-        self.sql("CREATE INDEX {s}_emp ON {s} (emp)")
-        self.sql("CREATE INDEX {s}_member ON {s} (member_id)")
-        self.sql(
-            """UPDATE {s} SET codes = codes || 'EMAIL_INVALID'::text
-               WHERE email_norm !~ '^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$'"""
-        )
+        checks = [
+            "problem",
+            f"CASE WHEN email_norm !~ '{EMAIL_PATTERN}' THEN 'EMAIL_INVALID' END",
+        ]
         long_checks = " OR ".join(
             f"length({c}) > {n}" for c, n in LIMITS.items() if c in self.columns
         )
         if long_checks:
-            self.sql(
-                f"UPDATE {{s}} SET codes = codes || 'VALUE_TOO_LONG'::text "
-                f"WHERE {long_checks}"
-            )
+            checks.append(f"CASE WHEN {long_checks} THEN 'VALUE_TOO_LONG' END")
         if "seat" in self.columns:
-            self.sql(
-                """UPDATE {s} SET codes = codes || 'SEAT_INVALID'::text
-                   WHERE lower(seat) NOT IN ('', 'active', 'inactive')"""
+            checks.append(
+                "CASE WHEN lower(seat) NOT IN ('', 'active', 'inactive') "
+                "THEN 'SEAT_INVALID' END"
             )
         if "admin_permission" in self.columns:
-            self.sql(
-                """UPDATE {s} SET codes = codes || 'ADMIN_PERMISSION_INVALID'::text
-                   WHERE lower(admin_permission) NOT IN ('', 'admin', 'reporting')"""
+            checks.append(
+                "CASE WHEN lower(admin_permission) NOT IN ('', 'admin', 'reporting') "
+                "THEN 'ADMIN_PERMISSION_INVALID' END"
             )
-        self.sql("UPDATE {s} SET keyless = true WHERE emp = '' AND email_norm = ''")
+        self.rebuild(
+            f"""SELECT v.*, array_remove(ARRAY[{", ".join(checks)}]::text[], NULL)
+                         AS vcodes,
+                       (v.emp = '' AND v.email_norm = '') AS keyless
+                FROM (SELECT r.*, lower(btrim(coalesce(r.email, ''))) AS email_norm,
+                             btrim(coalesce(r.employee_id, '')) AS emp
+                      FROM {{s}} r) v"""
+        )
         problems = self._duplicates()
-        invalid = self.rows_of("SELECT count(*) FROM {s} WHERE cardinality(codes) > 0")[
-            0
-        ][0]
+        invalid = self.rows_of(
+            "SELECT count(*) FROM {s} WHERE cardinality(vcodes) > 0"
+        )[0][0]
         if self.rows and invalid * 100 > invalid_percent * self.rows:
             problems.append(
                 Problem(
@@ -297,50 +307,62 @@ class Run:
 
     # ------------------------------------------------------------ resolve
 
+    def _validated_columns(self, alias: str) -> str:
+        """The stage's columns as `validate` leaves them."""
+        return ", ".join(
+            f"{alias}.{c}"
+            for c in (
+                "line",
+                *CANONICAL,
+                "problem",
+                "email_norm",
+                "emp",
+                "vcodes",
+                "keyless",
+            )
+        )
+
     def resolve(self) -> None:
-        """Each row's member (edi.md §2 identity rules), conflicts as codes."""
-        self.sql("UPDATE {s} SET member_id = NULL")
-        self.sql(
-            """UPDATE {s} SET member_id = m.id FROM portal_member m
-               WHERE {s}.emp <> '' AND m.employee_id = {s}.emp"""
-        )
-        self.sql(
-            """UPDATE {s} SET member_id = m.id FROM portal_member m
-               WHERE {s}.member_id IS NULL AND {s}.emp <> ''
-                 AND lower(m.email) = {s}.email_norm AND m.employee_id = ''"""
-        )
-        self.sql(
-            """UPDATE {s} SET codes = codes || 'IDENTITY_CONFLICT'::text
-               FROM portal_member m
-               WHERE {s}.member_id IS NULL AND {s}.emp <> ''
-                 AND lower(m.email) = {s}.email_norm AND m.employee_id <> ''
-                 AND NOT 'IDENTITY_CONFLICT' = ANY({s}.codes)"""
-        )
-        self.sql(
-            """UPDATE {s} SET member_id = m.id FROM portal_member m
-               WHERE {s}.emp = '' AND {s}.email_norm <> ''
-                 AND lower(m.email) = {s}.email_norm"""
-        )
-        self.sql(
-            """UPDATE {s} SET codes = codes || 'EMAIL_TAKEN'::text
-               FROM portal_member o
-               WHERE {s}.member_id IS NOT NULL AND {s}.email_norm <> ''
-                 AND lower(o.email) = {s}.email_norm AND o.id <> {s}.member_id
-                 AND NOT 'EMAIL_TAKEN' = ANY({s}.codes)"""
-        )
-        self.sql(
-            """UPDATE {s} SET codes = codes || 'OWNER_PROTECTED'::text
-               FROM portal_member m
-               WHERE m.id = {s}.member_id AND m.role = %s
-                 AND NOT 'OWNER_PROTECTED' = ANY({s}.codes)""",
-            [Role.OWNER],
-        )
-        self.sql(
-            """UPDATE {s} SET action = CASE
-                  WHEN codes && %s::text[] THEN 'error'
-                  WHEN member_id IS NULL THEN 'create'
-                  ELSE 'update' END""",
-            [sorted(ROW_ERRORS)],
+        """Each row's member (edi.md §2 identity rules), conflicts as codes.
+
+        The key is `employee_id` when set, else the email; a new
+        `employee_id` adopts the member with that email and no id. The
+        row also carries its member's current seat and manager. Runs again
+        under the apply lock, from the validated columns only.
+        """
+        self.rebuild(
+            f"""SELECT q.*, CASE WHEN q.codes && %s::text[] THEN 'error'
+                                 WHEN q.member_id IS NULL THEN 'create'
+                                 ELSE 'update' END AS action
+                FROM (
+                  SELECT {self._validated_columns("j")}, j.member_id,
+                         j.vcodes || array_remove(ARRAY[
+                           CASE WHEN j.emp <> '' AND j.member_id IS NULL
+                                 AND j.mail_id IS NOT NULL
+                                THEN 'IDENTITY_CONFLICT' END,
+                           CASE WHEN j.member_id <> j.mail_id THEN 'EMAIL_TAKEN' END,
+                           CASE WHEN cur.role = %s THEN 'OWNER_PROTECTED' END
+                         ]::text[], NULL) AS codes,
+                         coalesce(cur.has_seat, false) AS seat_now,
+                         cur.manager_id AS manager_now
+                  FROM (
+                    SELECT {self._validated_columns("v")}, ml.id AS mail_id,
+                           CASE WHEN v.emp <> '' THEN coalesce(
+                                  me.id,
+                                  CASE WHEN ml.employee_id = '' THEN ml.id END)
+                                ELSE ml.id END AS member_id
+                    FROM {{s}} v
+                    LEFT JOIN portal_member me
+                      ON v.emp <> '' AND me.employee_id <> ''
+                     AND me.employee_id = v.emp
+                    LEFT JOIN portal_member ml
+                      ON v.email_norm <> '' AND lower(ml.email) = v.email_norm
+                  ) j
+                  LEFT JOIN portal_member cur ON cur.id = j.member_id
+                ) q""",
+            [sorted(ROW_ERRORS), Role.OWNER],
+            indexes=("member_id",),
+            analyze=("line", "emp", "email_norm", "member_id", "action"),
         )
 
     # ------------------------------------------------------------ preview
@@ -444,34 +466,17 @@ class Run:
     def apply(self) -> dict[str, int]:
         """Every change, set-based; the caller holds the transaction.
 
-        Each member row is written at most once: new members get their ids
-        first, seats and managers are decided in the stage, then one INSERT
-        and one UPDATE carry every field (each write of a member row also
-        updates its search index, the costliest part).
+        Each member row is written at most once: the plan (`_plan`) gives
+        new members their ids and decides every row's seat and manager in
+        one pass over the stage; then one INSERT and one UPDATE of the
+        changed rows carry every field (each write of a member row also
+        updates its indexes, the costliest part).
         """
         now = timezone.now()
-        present = self.columns
-        counts: dict[str, int] = {}
-        self.sql(
-            """ALTER TABLE {s} ADD COLUMN is_new boolean DEFAULT false,
-                 ADD COLUMN seat_now boolean DEFAULT false,
-                 ADD COLUMN manager_after bigint, ADD COLUMN manager_now bigint"""
-        )
-        self.sql(
-            """UPDATE {s} SET is_new = true,
-                 member_id = nextval(pg_get_serial_sequence('portal_member', 'id'))
-               WHERE action = 'create'"""
-        )
-        self.sql(
-            """UPDATE {s} s SET seat_now = m.has_seat, manager_now = m.manager_id
-               FROM portal_member m WHERE m.id = s.member_id AND NOT s.is_new"""
-        )
-        counts["deactivated"] = self._deactivate_missing(now)
-        counts.update(self._seats())
-        if "manager_employee_id" in present:
-            self._managers()
-        else:
-            self.sql("UPDATE {s} SET manager_after = manager_now")
+        counts: dict[str, int] = {"deactivated": self._deactivate_missing(now)}
+        counts.update(self._plan())
+        if "manager_employee_id" in self.columns:
+            self._manager_cycles()
         # New members, with their seat and manager. ON CONFLICT: someone who
         # arrived by SSO a moment ago is the same person; such rows are
         # resolved to that member and updated below.
@@ -481,37 +486,46 @@ class Run:
             ["member_id", "btrim(email)", "emp"] + [f"coalesce({c}, '')" for c in plain]
         )
         role = self._role_sql("'member'")
-        counts["created"] = self.sql(
+        created = self.sql(
             f"""INSERT INTO portal_member ({targets}, status, has_seat,
                     seat_granted_at, manager_id, role, source, managed_by_edi,
                     created_at, updated_at)
                 SELECT {values}, 'invited', seat_after,
                        CASE WHEN seat_after THEN %s::timestamptz END,
                        manager_after, {role}, 'edi', true, %s, %s
-                FROM {{s}} s WHERE action = 'create' ORDER BY line
+                FROM {{s}} s WHERE is_new ORDER BY line
                 ON CONFLICT DO NOTHING""",
             [now, now, now],
         )
-        if counts["created"] < self._count("action = 'create'"):
+        if created < self._count("is_new"):
             self.sql(
                 """UPDATE {s} s SET member_id = m.id, is_new = false,
                        action = 'update', seat_now = m.has_seat,
                        manager_now = m.manager_id
                    FROM portal_member m
-                   WHERE s.action = 'create' AND lower(m.email) = s.email_norm
+                   WHERE s.is_new AND lower(m.email) = s.email_norm
                      AND m.id <> s.member_id"""
             )
-        self.sql("UPDATE {s} SET action = 'created' WHERE action = 'create'")
-        counts["updated"] = self._update_existing(now)
-        self.sql("UPDATE {s} SET action = 'unchanged' WHERE action = 'update'")
-        if "groups" in present:
+        self._update_existing(now)
+        if "groups" in self.columns:
             self._groups(now)
-        counts["unchanged"] = self._count("action = 'unchanged'")
-        counts["row_errors"] = self._count("action = 'error'")
-        counts["rows"] = self.rows
-        counts["warnings"] = self._count(
-            "action <> 'error' AND cardinality(codes) > 0"
-        ) + len(self.unknown_columns)
+        outcomes = self.rows_of(
+            """SELECT count(*) FILTER (WHERE is_new),
+                      count(*) FILTER (WHERE action = 'updated'),
+                      count(*) FILTER (WHERE action = 'update'),
+                      count(*) FILTER (WHERE action = 'error'),
+                      count(*) FILTER (WHERE action <> 'error'
+                                         AND cardinality(codes) > 0)
+               FROM {s}"""
+        )[0]
+        counts.update(
+            created=outcomes[0],
+            updated=outcomes[1],
+            unchanged=outcomes[2],
+            row_errors=outcomes[3],
+            rows=self.rows,
+            warnings=outcomes[4] + len(self.unknown_columns),
+        )
         return counts
 
     def _count(self, where: str) -> int:
@@ -614,17 +628,24 @@ class Run:
         )
         return gone
 
-    def _seats(self) -> dict[str, int]:
-        """Decide `seat_after` per row: revokes first, then grants within the
-        limit, explicit `active` rows in file order, then rule grants."""
+    def _plan(self) -> dict[str, int]:
+        """One pass deciding each row's member id, seat and manager.
+
+        Seats (edi.md §2): the file's revokes first, then grants within the
+        limit: explicit `active` rows in file order, then rule grants, the
+        rest `SEAT_LIMIT_REACHED`. Managers: the named manager in the file
+        or stored; blank clears; unknown keeps the old link with
+        `MANAGER_UNKNOWN`. Every grant holds the seat-pool lock.
+        """
         self.sql("SELECT 1 FROM portal_seatpool WHERE id = 1 FOR UPDATE")
-        self.sql("UPDATE {s} SET seat_after = seat_now")
-        revoked = 0
-        if "seat" in self.columns:
-            revoked = self.sql(
-                """UPDATE {s} SET seat_after = false
-                   WHERE action <> 'error' AND lower(seat) = 'inactive' AND seat_now"""
-            )
+        has_seat = "seat" in self.columns
+        revokes = (
+            "s.action <> 'error' AND s.seat_now AND lower(s.seat) = 'inactive'"
+            if has_seat
+            else "false"
+        )
+        explicit = "lower(coalesce(s.seat, '')) = 'active'" if has_seat else "false"
+        blank = "lower(coalesce(s.seat, '')) = ''"
         rules = list(AutoProvisionRule.objects.values_list("field", "value"))
         departments = [v.lower() for f, v in rules if f == "department"]
         groups = [v.lower() for f, v in rules if f == "group"]
@@ -639,47 +660,91 @@ class Run:
                 "WHERE lower(btrim(g)) = ANY(%s))"
             )
             params.append(groups)
-        explicit = (
-            "lower(coalesce(s.seat, '')) = 'active'"
-            if "seat" in self.columns
-            else "false"
-        )
-        blank = "lower(coalesce(s.seat, '')) = ''"
         limit = self.rows_of('SELECT "limit" FROM portal_seatpool WHERE id = 1')
         pool_limit = limit[0][0] if limit else None
-        # Seats in use once this file's revokes and deactivations are done.
-        used = self.rows_of(
-            """SELECT count(*) FROM portal_member m
-               WHERE m.has_seat AND NOT EXISTS (
-                 SELECT 1 FROM {s} s WHERE s.member_id = m.id
-                   AND s.seat_now AND NOT s.seat_after)"""
-        )[0][0]
-        available = None if pool_limit is None else max(0, pool_limit - used)
-        self.sql(
-            f"""CREATE TEMP TABLE {{s}}_want ON COMMIT DROP AS
-                SELECT s.line, row_number() OVER (
-                         ORDER BY CASE WHEN {explicit} THEN 0 ELSE 1 END, s.line
-                       ) AS rank
-                FROM {{s}} s
-                WHERE s.action IN ('create', 'update') AND NOT s.seat_now
-                  AND ({explicit} OR ({blank} AND ({" OR ".join(rule_match)})))""",
-            params,
-        )
-        granted = self.sql(
-            """UPDATE {s} s SET seat_after = true FROM {s}_want w
-               WHERE w.line = s.line AND (%s::bigint IS NULL OR w.rank <= %s)""",
-            [available, available],
-        )
-        if available is not None:
-            self.sql(
-                """UPDATE {s} s SET codes = s.codes || 'SEAT_LIMIT_REACHED'::text
-                   FROM {s}_want w WHERE w.line = s.line AND w.rank > %s""",
-                [available],
+        # Seats in use once this file's deactivations (done) and revokes are.
+        used, revoked = self.rows_of(
+            f"""SELECT (SELECT count(*) FROM portal_member WHERE has_seat),
+                       (SELECT count(*) FROM {{s}} s WHERE {revokes})"""
+        )[0]
+        available = None if pool_limit is None else max(0, pool_limit - used + revoked)
+        manager_joins = ""
+        if "manager_employee_id" in self.columns:
+            wanted = "btrim(coalesce(w.manager_employee_id, ''))"
+            manager = f"""CASE WHEN w.action NOT IN ('create', 'update')
+                                 THEN w.manager_now
+                               WHEN {wanted} = '' THEN NULL
+                               ELSE coalesce(f.mid, m.id, -1) END"""
+            manager_joins = f"""
+                  LEFT JOIN w f ON f.emp = {wanted} AND f.emp <> ''
+                   AND f.action IN ('create', 'update')
+                  LEFT JOIN portal_member m ON m.employee_id = {wanted}
+                   AND m.employee_id <> ''"""
+        else:
+            manager = "w.manager_now"
+        columns = ", ".join(
+            f"r.{c}"
+            for c in (
+                "line",
+                *CANONICAL,
+                "problem",
+                "email_norm",
+                "emp",
+                "vcodes",
+                "keyless",
+                "action",
+                "seat_now",
+                "manager_now",
             )
+        )
+        self.rebuild(
+            f"""WITH ids AS MATERIALIZED (
+                  SELECT line, CASE WHEN action = 'create' THEN
+                      nextval(pg_get_serial_sequence('portal_member', 'id'))
+                      ELSE member_id END AS mid
+                  FROM {{s}} ORDER BY line),
+                w AS MATERIALIZED (
+                  SELECT s.*, ids.mid,
+                         ({revokes}) AS revokes,
+                         (s.action IN ('create', 'update') AND NOT s.seat_now
+                          AND ({explicit} OR ({blank}
+                               AND ({" OR ".join(rule_match)})))) AS wants,
+                         ({explicit}) AS is_explicit
+                  FROM {{s}} s JOIN ids USING (line)),
+                r AS (
+                  SELECT w.*, {manager} AS manager_target,
+                         CASE WHEN w.wants THEN row_number() OVER (
+                           PARTITION BY w.wants
+                           ORDER BY NOT w.is_explicit, w.line) END AS rank
+                  FROM w{manager_joins})
+                SELECT {columns}, r.mid AS member_id,
+                       (r.action = 'create') AS is_new,
+                       CASE WHEN r.revokes THEN false
+                            WHEN r.wants AND (%s::bigint IS NULL OR r.rank <= %s)
+                              THEN true
+                            ELSE r.seat_now END AS seat_after,
+                       CASE WHEN r.manager_target = -1 THEN r.manager_now
+                            ELSE r.manager_target END AS manager_after,
+                       r.codes || array_remove(ARRAY[
+                         CASE WHEN r.wants AND r.rank > %s
+                              THEN 'SEAT_LIMIT_REACHED' END,
+                         CASE WHEN r.manager_target = -1
+                              THEN 'MANAGER_UNKNOWN' END]::text[], NULL) AS codes
+                FROM r""",
+            [*params, available, available, available],
+            indexes=("member_id",),
+            analyze=("line", "member_id", "action", "is_new"),
+        )
+        granted = self._count("seat_after AND NOT seat_now")
         return {"seats_granted": granted, "seats_revoked": revoked}
 
     def _groups(self, now: Any) -> None:
-        """The `groups` cell replaces each listed member's group list."""
+        """The `groups` cell replaces each listed member's group list.
+
+        Only the difference is written: memberships the file drops are
+        deleted, new ones inserted; a file that changes nothing writes
+        nothing.
+        """
         self.sql(
             """CREATE TEMP TABLE {s}_groups ON COMMIT DROP AS
                SELECT DISTINCT s.member_id, btrim(g) AS name
@@ -689,49 +754,44 @@ class Run:
         self.sql(
             """INSERT INTO portal_membergroup (name, created_at)
                SELECT DISTINCT ON (lower(name)) left(name, 200), %s
-               FROM {s}_groups ORDER BY lower(name), name
+               FROM {s}_groups w
+               WHERE NOT EXISTS (SELECT 1 FROM portal_membergroup g
+                                 WHERE lower(g.name) = lower(left(w.name, 200)))
+               ORDER BY lower(name), name
                ON CONFLICT DO NOTHING""",
             [now],
         )
         self.sql(
+            """CREATE TEMP TABLE {s}_want ON COMMIT DROP AS
+               SELECT DISTINCT w.member_id, g.id AS group_id FROM {s}_groups w
+               JOIN portal_membergroup g ON lower(g.name) = lower(left(w.name, 200))"""
+        )
+        self.sql("ANALYZE {s}_want")
+        self.sql(
             """DELETE FROM portal_member_groups mg USING {s} s
                WHERE mg.member_id = s.member_id AND s.action <> 'error'
+                 AND NOT s.is_new
                  AND NOT EXISTS (
-                   SELECT 1 FROM {s}_groups w JOIN portal_membergroup g
-                     ON lower(g.name) = lower(w.name)
-                   WHERE w.member_id = mg.member_id AND g.id = mg.membergroup_id)"""
+                   SELECT 1 FROM {s}_want w
+                   WHERE w.member_id = mg.member_id
+                     AND w.group_id = mg.membergroup_id)"""
         )
         self.sql(
             """INSERT INTO portal_member_groups (member_id, membergroup_id)
-               SELECT DISTINCT w.member_id, g.id FROM {s}_groups w
-               JOIN portal_membergroup g ON lower(g.name) = lower(w.name)
+               SELECT w.member_id, w.group_id FROM {s}_want w
+               WHERE NOT EXISTS (
+                 SELECT 1 FROM portal_member_groups mg
+                 WHERE mg.member_id = w.member_id
+                   AND mg.membergroup_id = w.group_id)
+               ORDER BY w.member_id, w.group_id
                ON CONFLICT DO NOTHING"""
         )
 
-    def _managers(self) -> None:
-        """`manager_after`: the named manager (in the file or stored), blank
-        clears; an unknown manager or a loop keeps the old link, with a
-        warning."""
-        self.sql(
-            """UPDATE {s} s SET manager_after = CASE
-                 WHEN btrim(coalesce(s.manager_employee_id, '')) = '' THEN NULL
-                 ELSE coalesce(
-                   (SELECT f.member_id FROM {s} f
-                    WHERE f.emp = btrim(s.manager_employee_id)
-                      AND f.action IN ('create', 'update') LIMIT 1),
-                   (SELECT m.id FROM portal_member m
-                    WHERE m.employee_id = btrim(s.manager_employee_id)),
-                   -1) END
-               WHERE s.action IN ('create', 'update')"""
-        )
-        self.sql(
-            """UPDATE {s} SET codes = codes || 'MANAGER_UNKNOWN'::text,
-                   manager_after = manager_now
-               WHERE manager_after = -1"""
-        )
-        self.sql("UPDATE {s} SET manager_after = manager_now WHERE action = 'error'")
-        # Walk up from each changed link through the graph after the file;
-        # coming back to the member is a loop (a self-link too).
+    def _manager_cycles(self) -> None:
+        """A changed link that would make a reporting loop keeps the old one
+        (`MANAGER_CYCLE`): walk up from each changed link through the graph
+        after the file; coming back to the member is a loop (a self-link
+        too)."""
         self.sql(
             """CREATE TEMP TABLE {s}_edges ON COMMIT DROP AS
                SELECT s.member_id AS id, s.manager_after AS manager_id
@@ -743,7 +803,8 @@ class Run:
         self.sql("CREATE INDEX ON {s}_edges (id)")
         self.sql("ANALYZE {s}_edges")
         self.sql(
-            """UPDATE {s} s SET codes = s.codes || 'MANAGER_CYCLE'::text
+            """UPDATE {s} s SET codes = s.codes || 'MANAGER_CYCLE'::text,
+                   manager_after = s.manager_now
                FROM (
                  WITH RECURSIVE walk(start, cur, depth) AS (
                    SELECT s.member_id, s.manager_after, 1 FROM {s} s
@@ -759,10 +820,6 @@ class Run:
                ) loops
                WHERE s.member_id = loops.start"""
         )
-        self.sql(
-            """UPDATE {s} SET manager_after = manager_now
-               WHERE 'MANAGER_CYCLE' = ANY(codes)"""
-        )
 
     # ------------------------------------------------------------ results
 
@@ -772,7 +829,10 @@ class Run:
             cursor.execute(
                 f"""SELECT s.line, coalesce(m.employee_id, s.emp),
                            coalesce(m.email, btrim(coalesce(s.email, ''))),
-                           s.action, m.has_seat, s.codes
+                           CASE WHEN s.is_new THEN 'created'
+                                WHEN s.action = 'update' THEN 'unchanged'
+                                ELSE s.action END,
+                           m.has_seat, s.codes
                     FROM {self.table} s LEFT JOIN portal_member m ON m.id = s.member_id
                     ORDER BY s.line"""
             )
@@ -862,57 +922,49 @@ def edi_import_run(*, job: Job) -> None:
                 counts={"rows": run.rows},
             )
             return
-        run.resolve()
-        impact = run.impact()
-        preview = {"counts": impact, "samples": run.samples()}
-        if run.unknown_columns:
-            preview["unknown_columns"] = run.unknown_columns
-        reasons = run.hold_reasons(impact, settings_row.deactivation_threshold_percent)
-        if edi_file.dry_run:
-            # The preview says what approval would override: applying a
-            # validated file is an admin's approval (EDI-P8).
-            _finish(
-                edi_file,
-                job,
-                status=EdiStatus.VALIDATED,
-                action="edi.file.validated",
-                preview=preview | ({"hold_reasons": reasons} if reasons else {}),
-                counts={"rows": run.rows},
-            )
-            return
-        if reasons and not approved:
-            _finish(
-                edi_file,
-                job,
-                status=EdiStatus.HELD,
-                action="edi.file.held",
-                preview=preview | {"hold_reasons": reasons},
-                counts={"rows": run.rows},
-            )
-            return
-        run.progress("applying", 60, force=True)
+        run.progress("resolving", 45, force=True)
+        # One transaction under the tenant's apply lock from here: the
+        # preview, the hold check and the apply see the same members, so
+        # the numbers an approval is checked against are the ones applied.
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute(
                     "SELECT pg_advisory_xact_lock(hashtext(%s))",
                     [f"edi-apply:{current_schema()}"],
                 )
-            # Members may have changed while this file waited for the lock.
             run.resolve()
             impact = run.impact()
-            grown = run.hold_reasons(
+            preview = {"counts": impact, "samples": run.samples()}
+            if run.unknown_columns:
+                preview["unknown_columns"] = run.unknown_columns
+            reasons = run.hold_reasons(
                 impact, settings_row.deactivation_threshold_percent
             )
-            if grown and (not approved or _grew(edi_file.preview, impact)):
+            if edi_file.dry_run:
+                # The preview says what approval would override: applying
+                # a validated file is an admin's approval (EDI-P8).
+                _finish(
+                    edi_file,
+                    job,
+                    status=EdiStatus.VALIDATED,
+                    action="edi.file.validated",
+                    preview=preview | ({"hold_reasons": reasons} if reasons else {}),
+                    counts={"rows": run.rows},
+                )
+                return
+            # An approval covers the numbers the admin saw; if they grew
+            # since, the file waits again.
+            if reasons and (not approved or _grew(edi_file.preview, impact)):
                 _finish(
                     edi_file,
                     job,
                     status=EdiStatus.HELD,
                     action="edi.file.held",
-                    preview=preview | {"hold_reasons": grown},
+                    preview=preview | {"hold_reasons": reasons},
                     counts={"rows": run.rows},
                 )
                 return
+            run.progress("applying", 60, force=True)
             EdiFile.objects.filter(pk=edi_file.pk).update(status=EdiStatus.APPLYING)
             counts = run.apply()
             edi_file.results_name = run.write_results()
