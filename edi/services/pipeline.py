@@ -4,17 +4,22 @@ One run per file, as the portal job `edi_import` (`edi.tasks`):
 
 1. **Stage.** The raw file is decrypted as a stream, read by
    `edi.services.parsing.Reader` and sent with psycopg's `COPY` into a
-   session-local `TEMP` table; then `ANALYZE`. No Python structure holds
-   all rows or all keys.
-2. **Validate and resolve** in SQL: row errors (codes per row), duplicate
-   keys (file-level), the invalid-row ratio, then each row's member.
-3. **Preview**: counts and up to 50 samples per outcome, on the file.
-   A dry run stops here (`validated`).
+   session-local `TEMP` table. No Python structure holds all rows or all
+   keys. Each later step that derives columns rewrites the stage once
+   with `CREATE TABLE AS` (`Run.rebuild`) rather than an `UPDATE` per
+   column, then analyzes the columns later joins use.
+2. **Validate** in SQL: row errors (codes per row), duplicate keys
+   (file-level), the invalid-row ratio.
+3. From here one transaction holds the tenant's apply lock. **Resolve**
+   each row's member, then the **preview**: counts and up to 50 samples
+   per outcome, on the file. A dry run stops here (`validated`).
 4. **Hold** (EDI-P8): a full file that would deactivate, or any file that
    would revoke, more than the tenant's threshold of active members or
    seats, or a full file with a row without a usable key, waits for an
-   admin (`held`). Approval sends the job again with `approved`.
-5. **Apply**: one transaction under a per-tenant advisory lock: insert,
+   admin (`held`). Approval sends the job again with `approved`; if the
+   numbers grew since the admin saw them, the file is held again.
+5. **Apply**, in the same transaction: the plan (new ids, seats,
+   managers in one pass), insert,
    update changed rows only, reactivate, deactivate the missing, seats,
    groups, managers, end sessions, the results file, the audit event and
    the final status. A rerun (a crash anywhere) starts again from the raw

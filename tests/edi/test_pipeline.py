@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 
 import pytest
 from django_tenants.utils import tenant_context
@@ -366,3 +367,119 @@ def test_groups_replace_the_list():
     member = Member.objects.get(employee_id="E1")
     assert sorted(member.groups.values_list("name", flat=True)) == ["B", "C"]
     assert MemberGroup.objects.filter(name__in=["A", "B", "C"]).count() == 3
+
+
+def _approve(edi_file: EdiFile) -> EdiFile:
+    """What an admin's approval sends: the same file, a job with approved."""
+    from edi.tasks import edi_import_task
+    from portal.services.jobs import job_create
+
+    job = job_create(
+        kind="edi_import",
+        actor=None,
+        params={"file_id": str(edi_file.pk), "approved": True},
+        task=edi_import_task,
+    )
+    EdiFile.objects.filter(pk=edi_file.pk).update(dry_run=False)
+    started = job_start(job_id=str(job.pk))
+    assert started is not None
+    edi_import_run(job=started)
+    edi_file.refresh_from_db()
+    return edi_file
+
+
+def test_a_fifteen_percent_drop_applies_directly():
+    run_import(people(19))  # 20 active with the owner
+    f = run_import(people(16), mode="full")  # 3 of 20: 15 %
+    assert f.status == EdiStatus.COMPLETED, f.preview
+    assert f.counts["deactivated"] == 3
+
+
+def test_an_approved_held_file_applies_once():
+    run_import(people(20))
+    held = run_import(people(14), mode="full")
+    assert held.status == EdiStatus.HELD
+    done = _approve(held)
+    assert done.status == EdiStatus.COMPLETED, done.preview
+    assert done.counts["deactivated"] == 6
+    assert Member.objects.filter(status=MemberStatus.DEACTIVATED).count() == 6
+
+
+def test_an_approval_is_held_again_when_the_numbers_grew(make_member):
+    run_import(people(20))
+    held = run_import(people(14), mode="full")
+    assert held.preview["counts"]["deactivate"] == 6
+    for _ in range(3):  # three more people, whom the full file drops too
+        make_member(status=MemberStatus.ACTIVE)
+    again = _approve(held)
+    assert again.status == EdiStatus.HELD
+    assert again.preview["counts"]["deactivate"] == 9
+    assert Member.objects.filter(status=MemberStatus.DEACTIVATED).count() == 0
+
+
+def test_a_dry_run_preview_names_what_approval_would_override():
+    run_import(people(20))
+    f = run_import(people(14), mode="full", dry_run=True)
+    assert f.status == EdiStatus.VALIDATED
+    assert f.preview["hold_reasons"]
+    assert _approve(f).status == EdiStatus.COMPLETED
+
+
+def test_the_statements_do_not_depend_on_the_file_size():
+    """EDI-P2: a fixed set of statements, whatever the number of rows."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def statements(rows: int, start: int) -> int:
+        raw = people(rows, start=start, groups="A;B").encode()
+        with SpoolWriter(current_schema()) as writer:
+            writer.write(raw)
+            spooled = writer.finish()
+        edi_file = edi_file_receive(spooled=spooled, source="ui", mode="delta")
+        job = job_start(job_id=str(edi_file.job_id))
+        assert job is not None
+        with CaptureQueriesContext(connection) as captured:
+            edi_import_run(job=job)
+        edi_file.refresh_from_db()
+        assert edi_file.status == EdiStatus.COMPLETED
+        return [
+            re.sub(r"edi_stage_\w+|s\d+_x\d+|'[^']*'|\b\d+\b", "_", q["sql"])
+            for q in captured.captured_queries
+        ]
+
+    statements(10, 50_001)  # first use: settings row, keys
+    assert statements(1_000, 1) == statements(20_000, 10_001)
+
+
+def test_results_have_the_contract_columns_and_every_row():
+    run_import(people(20))
+    body = people(17).removeprefix(HEADER)
+    f = run_import(
+        HEADER
+        + body
+        + "E18,not-an-email,First18,Last18,Sales,,\n"
+        + "E21,person21@corp.test,First21,Last21,Sales,,\n",
+        mode="full",
+    )
+    assert f.status == EdiStatus.COMPLETED, (f.errors, f.preview)
+    rows = results(f)
+    assert list(rows[0]) == [
+        "row_number",
+        "employee_id",
+        "email",
+        "outcome",
+        "seat",
+        "codes",
+        "message",
+    ]
+    assert rows[0]["row_number"] == "2" and rows[0]["outcome"] == "unchanged"
+    by_outcome = {r["outcome"]: r for r in rows}
+    assert by_outcome["error"]["codes"] == "EMAIL_INVALID"
+    assert by_outcome["error"]["row_number"] == "19"
+    assert by_outcome["created"]["employee_id"] == "E21"
+    # E18's row is invalid but its key is usable: still present, not gone.
+    assert [r["employee_id"] for r in rows if r["outcome"] == "deactivated"] == [
+        "E19",
+        "E20",
+    ]
+    assert len(rows) == 19 + 2
