@@ -110,7 +110,7 @@ class _CappedStream:
         return data
 
 
-class _SpoolUploadHandler(FileUploadHandler):
+class SpoolUploadHandler(FileUploadHandler):
     """Streams the multipart field `file` into the spool; drops the rest."""
 
     FIELD = "file"
@@ -186,7 +186,7 @@ def _spool_multipart(
     if length is None:
         # A chunked body: the parser needs a length, the cap enforces it.
         meta["CONTENT_LENGTH"] = str(stream.cap)
-    handler = _SpoolUploadHandler(spool)
+    handler = SpoolUploadHandler(spool)
     encoding = request.encoding or settings.DEFAULT_CHARSET
     try:
         # The parser only calls read(); the stub asks for a whole file API.

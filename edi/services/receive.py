@@ -205,7 +205,7 @@ def _receive(
                 )
                 return edi_file
             edi_file.save()
-            edi_file.job = _job_for(edi_file, uploaded_by)
+            edi_file.job = edi_import_job_create(edi_file=edi_file, actor=uploaded_by)
             edi_file.save(update_fields=["job"])
             audit_event_record(
                 action="edi.file.received",
@@ -239,15 +239,21 @@ def _duplicate_of(sha256: str) -> EdiFile | None:
     return None
 
 
-def _job_for(edi_file: EdiFile, uploaded_by: Member | None) -> Job:
+@audit_exempt("callers record their own event in the same transaction")
+def edi_import_job_create(
+    *, edi_file: EdiFile, actor: Member | None, approved: bool = False
+) -> Job:
+    """Create the import `Job` of `edi_file`; its task is sent on commit.
+
+    `approved` is an admin's approval of a held or validated file (EDI-P8):
+    the pipeline then applies it instead of stopping at the hold.
+    """
     from edi.tasks import edi_import_task
 
-    return job_create(
-        kind=JOB_KIND,
-        actor=uploaded_by,
-        params={"file_id": str(edi_file.pk)},
-        task=edi_import_task,
-    )
+    params: dict[str, object] = {"file_id": str(edi_file.pk)}
+    if approved:
+        params["approved"] = True
+    return job_create(kind=JOB_KIND, actor=actor, params=params, task=edi_import_task)
 
 
 def _receipt_changes(edi_file: EdiFile) -> dict[str, object]:
