@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from edi.models import AutoProvisionRule, EdiFile, EdiMode, EdiStatus
@@ -60,6 +60,8 @@ from portal.services.keyring import (
 from portal.services.registry import audit_exempt, audits
 
 SAMPLES = 50
+WORK_MEM = "64MB"
+TEMP_BUFFERS = "512MB"
 EMAIL_PATTERN = "^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$"
 PROGRESS_EVERY = 0.5  # seconds
 COPY_BATCH = 4000  # rows per COPY write
@@ -115,6 +117,7 @@ class Held(Exception):
     pass
 
 
+@audit_exempt("a test hook; writes nothing")
 def crash_point(name: str) -> None:
     """Kill this worker here when the test setting names this point (EDI-P14)."""
     if settings.EDI_TEST_CRASH_AT == name:
@@ -152,6 +155,23 @@ class Run:
             self._channel = None
 
     # -------------------------------------------------------------- stage
+
+    def tune(self) -> None:
+        """Give this session's import server memory (PostgreSQL's, not the
+        worker's): the stage lives in temp buffers and its joins and sorts
+        in work_mem; the defaults (8 MB, 4 MB) send a 1M-row file to disk.
+        `temp_buffers` can only change before the session's first temp
+        table, so a worker's later imports keep the first setting."""
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET work_mem = '{WORK_MEM}'")
+            try:
+                cursor.execute(f"SET temp_buffers = '{TEMP_BUFFERS}'")
+            except DatabaseError:
+                pass  # set by an earlier import on this connection
+
+    def untune(self) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET work_mem")
 
     def stage(self) -> None:
         """COPY the file's rows into a session-local TEMP table (`validate`
@@ -284,30 +304,47 @@ class Run:
             raise FileRejected(*problems)
 
     def _duplicates(self) -> list[Problem]:
+        """DUPLICATE_KEY (EDI-P4): up to 100 keys, then their lines.
+
+        The aggregate only counts (collecting every key's lines would build
+        an array per row of a clean file); the lines are read for the few
+        keys found.
+        """
         problems = []
         for label, key in (("employee_id", "emp"), ("email", "email_norm")):
-            found = self.rows_of(
-                f"""SELECT {key}, array_agg(line ORDER BY line)
-                    FROM {{s}} WHERE {key} <> ''
-                    GROUP BY {key} HAVING count(*) > 1
-                    ORDER BY min(line) LIMIT 100"""
-            )
-            if found:
-                problems.append(
-                    Problem(
-                        "DUPLICATE_KEY",
-                        f"{len(found)}{'+' if len(found) == 100 else ''} "
-                        f"{label} value(s) appear on more than one row, for "
-                        f"example {found[0][0]!r} on lines "
-                        f"{', '.join(map(str, found[0][1][:5]))}.",
-                        details={
-                            "key": label,
-                            "duplicates": [
-                                {"value": v, "lines": lines[:20]} for v, lines in found
-                            ],
-                        },
-                    )
+            keys = [
+                row[0]
+                for row in self.rows_of(
+                    f"""SELECT {key} FROM {{s}} WHERE {key} <> ''
+                        GROUP BY {key} HAVING count(*) > 1
+                        ORDER BY min(line) LIMIT 100"""
                 )
+            ]
+            if not keys:
+                continue
+            lines = dict(
+                self.rows_of(
+                    f"""SELECT {key}, array_agg(line ORDER BY line) FROM {{s}}
+                        WHERE {key} = ANY(%s) GROUP BY {key}""",
+                    [keys],
+                )
+            )
+            found = [(value, lines[value]) for value in keys]
+            problems.append(
+                Problem(
+                    "DUPLICATE_KEY",
+                    f"{len(found)}{'+' if len(found) == 100 else ''} "
+                    f"{label} value(s) appear on more than one row, for "
+                    f"example {found[0][0]!r} on lines "
+                    f"{', '.join(map(str, found[0][1][:5]))}.",
+                    details={
+                        "key": label,
+                        "duplicates": [
+                            {"value": v, "lines": ls[:20]} for v, ls in found
+                        ],
+                    },
+                )
+            )
         return problems
 
     # ------------------------------------------------------------ resolve
@@ -346,24 +383,39 @@ class Run:
                                  AND j.mail_id IS NOT NULL
                                 THEN 'IDENTITY_CONFLICT' END,
                            CASE WHEN j.member_id <> j.mail_id THEN 'EMAIL_TAKEN' END,
-                           CASE WHEN cur.role = %s THEN 'OWNER_PROTECTED' END
+                           CASE WHEN j.role = %s THEN 'OWNER_PROTECTED' END
                          ]::text[], NULL) AS codes,
-                         coalesce(cur.has_seat, false) AS seat_now,
-                         cur.manager_id AS manager_now
+                         coalesce(j.has_seat, false) AS seat_now,
+                         j.manager_id AS manager_now
                   FROM (
-                    SELECT {self._validated_columns("v")}, ml.id AS mail_id,
-                           CASE WHEN v.emp <> '' THEN coalesce(
-                                  me.id,
-                                  CASE WHEN ml.employee_id = '' THEN ml.id END)
-                                ELSE ml.id END AS member_id
-                    FROM {{s}} v
-                    LEFT JOIN portal_member me
-                      ON v.emp <> '' AND me.employee_id <> ''
-                     AND me.employee_id = v.emp
-                    LEFT JOIN portal_member ml
-                      ON v.email_norm <> '' AND lower(ml.email) = v.email_norm
+                    SELECT k.*,
+                           CASE WHEN k.member_id = k.emp_id THEN k.emp_role
+                                WHEN k.member_id = k.mail_id THEN k.mail_role
+                           END AS role,
+                           CASE WHEN k.member_id = k.emp_id THEN k.emp_seat
+                                WHEN k.member_id = k.mail_id THEN k.mail_seat
+                           END AS has_seat,
+                           CASE WHEN k.member_id = k.emp_id THEN k.emp_manager
+                                WHEN k.member_id = k.mail_id THEN k.mail_manager
+                           END AS manager_id
+                    FROM (
+                      SELECT {self._validated_columns("v")},
+                             me.id AS emp_id, me.role AS emp_role,
+                             me.has_seat AS emp_seat, me.manager_id AS emp_manager,
+                             ml.id AS mail_id, ml.role AS mail_role,
+                             ml.has_seat AS mail_seat, ml.manager_id AS mail_manager,
+                             CASE WHEN v.emp <> '' THEN coalesce(
+                                    me.id,
+                                    CASE WHEN ml.employee_id = '' THEN ml.id END)
+                                  ELSE ml.id END AS member_id
+                      FROM {{s}} v
+                      LEFT JOIN portal_member me
+                        ON v.emp <> '' AND me.employee_id <> ''
+                       AND me.employee_id = v.emp
+                      LEFT JOIN portal_member ml
+                        ON v.email_norm <> '' AND lower(ml.email) = v.email_norm
+                    ) k
                   ) j
-                  LEFT JOIN portal_member cur ON cur.id = j.member_id
                 ) q""",
             [sorted(ROW_ERRORS), Role.OWNER],
             indexes=("member_id",),
@@ -488,7 +540,8 @@ class Run:
         plain = list(PLAIN_FIELDS)  # absent columns are NULL in the stage
         targets = ", ".join(["id", "email", "employee_id", *plain])
         values = ", ".join(
-            ["member_id", "btrim(email)", "emp"] + [f"coalesce({c}, '')" for c in plain]
+            ["member_id", _stored_email("email"), "emp"]
+            + [f"coalesce({c}, '')" for c in plain]
         )
         role = self._role_sql("'member'")
         created = self.sql(
@@ -503,10 +556,26 @@ class Run:
             [now, now, now],
         )
         if created < self._count("is_new"):
+            # The people who arrived by SSO meanwhile: the planned row
+            # becomes an update of that member, keeping what JIT gave them
+            # unless the file says otherwise.
+            inactive = (
+                "lower(coalesce(s.seat, '')) = 'inactive'"
+                if "seat" in self.columns
+                else "false"
+            )
+            manager = (
+                "s.manager_after"
+                if "manager_employee_id" in self.columns
+                else "m.manager_id"
+            )
             self.sql(
-                """UPDATE {s} s SET member_id = m.id, is_new = false,
+                f"""UPDATE {{s}} s SET member_id = m.id, is_new = false,
                        action = 'update', seat_now = m.has_seat,
-                       manager_now = m.manager_id
+                       manager_now = m.manager_id,
+                       seat_after = CASE WHEN {inactive} THEN false
+                                         ELSE s.seat_after OR m.has_seat END,
+                       manager_after = {manager}
                    FROM portal_member m
                    WHERE s.is_new AND lower(m.email) = s.email_norm
                      AND m.id <> s.member_id"""
@@ -558,7 +627,7 @@ class Run:
                 diffs.append(f"m.{column} IS DISTINCT FROM coalesce(s.{column}, '')")
         sets.append(
             "email = CASE WHEN lower(m.email) = s.email_norm THEN m.email "
-            "ELSE btrim(s.email) END"
+            f"ELSE {_stored_email('s.email')} END"
         )
         diffs.append("lower(m.email) IS DISTINCT FROM s.email_norm")
         sets.append(
@@ -681,8 +750,7 @@ class Run:
                                WHEN {wanted} = '' THEN NULL
                                ELSE coalesce(f.mid, m.id, -1) END"""
             manager_joins = f"""
-                  LEFT JOIN w f ON f.emp = {wanted} AND f.emp <> ''
-                   AND f.action IN ('create', 'update')
+                  LEFT JOIN keys f ON f.emp = {wanted}
                   LEFT JOIN portal_member m ON m.employee_id = {wanted}
                    AND m.employee_id <> ''"""
         else:
@@ -708,7 +776,10 @@ class Run:
                       nextval(pg_get_serial_sequence('portal_member', 'id'))
                       ELSE member_id END AS mid
                   FROM {{s}} ORDER BY line),
-                w AS MATERIALIZED (
+                keys AS MATERIALIZED (
+                  SELECT s.emp, ids.mid FROM {{s}} s JOIN ids USING (line)
+                  WHERE s.emp <> '' AND s.action IN ('create', 'update')),
+                w AS (
                   SELECT s.*, ids.mid,
                          ({revokes}) AS revokes,
                          (s.action IN ('create', 'update') AND NOT s.seat_now
@@ -750,26 +821,28 @@ class Run:
         deleted, new ones inserted; a file that changes nothing writes
         nothing.
         """
+        cells = """FROM {s} s,
+                   unnest(string_to_array(coalesce(s.groups, ''), ';')) cell
+                   WHERE s.action <> 'error' AND btrim(cell) <> ''"""
         self.sql(
-            """CREATE TEMP TABLE {s}_groups ON COMMIT DROP AS
-               SELECT DISTINCT s.member_id, btrim(g) AS name
-               FROM {s} s, unnest(string_to_array(coalesce(s.groups, ''), ';')) g
-               WHERE s.action <> 'error' AND btrim(g) <> ''"""
-        )
-        self.sql(
-            """INSERT INTO portal_membergroup (name, created_at)
-               SELECT DISTINCT ON (lower(name)) left(name, 200), %s
-               FROM {s}_groups w
-               WHERE NOT EXISTS (SELECT 1 FROM portal_membergroup g
-                                 WHERE lower(g.name) = lower(left(w.name, 200)))
-               ORDER BY lower(name), name
-               ON CONFLICT DO NOTHING""",
+            f"""INSERT INTO portal_membergroup (name, created_at)
+                SELECT DISTINCT ON (lower(n.name)) n.name, %s
+                FROM (SELECT left(btrim(cell), 200) AS name {cells}) n
+                WHERE NOT EXISTS (SELECT 1 FROM portal_membergroup g
+                                  WHERE lower(g.name) = lower(n.name))
+                ORDER BY lower(n.name), n.name
+                ON CONFLICT DO NOTHING""",
             [now],
         )
         self.sql(
             """CREATE TEMP TABLE {s}_want ON COMMIT DROP AS
-               SELECT DISTINCT w.member_id, g.id AS group_id FROM {s}_groups w
-               JOIN portal_membergroup g ON lower(g.name) = lower(left(w.name, 200))"""
+               SELECT DISTINCT s.member_id, g.id AS group_id
+               FROM {s} s
+               CROSS JOIN LATERAL
+                    unnest(string_to_array(coalesce(s.groups, ''), ';')) cell
+               JOIN portal_membergroup g
+                 ON lower(g.name) = lower(left(btrim(cell), 200))
+               WHERE s.action <> 'error' AND btrim(cell) <> ''"""
         )
         self.sql("ANALYZE {s}_want")
         self.sql(
@@ -829,36 +902,47 @@ class Run:
     # ------------------------------------------------------------ results
 
     def results_rows(self) -> Iterator[list[Any]]:
-        """One line per data row, then one per member deactivated by absence."""
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"""SELECT s.line, coalesce(m.employee_id, s.emp),
-                           coalesce(m.email, btrim(coalesce(s.email, ''))),
-                           CASE WHEN s.is_new THEN 'created'
-                                WHEN s.action = 'update' THEN 'unchanged'
-                                ELSE s.action END,
-                           m.has_seat, s.codes
-                    FROM {self.table} s LEFT JOIN portal_member m ON m.id = s.member_id
-                    ORDER BY s.line"""
+        """One line per data row, then one per member deactivated by absence.
+
+        Read through server-side cursors (the caller's transaction): a
+        client-side cursor would hold every result row of a 1M-row file in
+        the worker's memory at once.
+        """
+        rows = self._stream(
+            f"""SELECT s.line, coalesce(m.employee_id, s.emp),
+                       coalesce(m.email, btrim(coalesce(s.email, ''))),
+                       CASE WHEN s.is_new THEN 'created'
+                            WHEN s.action = 'update' THEN 'unchanged'
+                            ELSE s.action END,
+                       m.has_seat, s.codes
+                FROM {self.table} s LEFT JOIN portal_member m ON m.id = s.member_id
+                ORDER BY s.line"""
+        )
+        for line, emp, email, action, seat, codes in rows:
+            yield [
+                line,
+                emp,
+                email,
+                action,  # created, updated, unchanged or error
+                "" if seat is None else ("active" if seat else "inactive"),
+                ";".join(codes),
+                " ".join(MESSAGES.get(c, c) for c in codes),
+            ]
+        if self.edi_file.mode == EdiMode.FULL:
+            gone = self._stream(
+                f"SELECT employee_id, email FROM {self.table}_gone ORDER BY id"
             )
-            while batch := cursor.fetchmany(5000):
-                for line, emp, email, action, seat, codes in batch:
-                    yield [
-                        line,
-                        emp,
-                        email,
-                        action,  # created, updated, unchanged or error
-                        "" if seat is None else ("active" if seat else "inactive"),
-                        ";".join(codes),
-                        " ".join(MESSAGES.get(c, c) for c in codes),
-                    ]
-            if self.edi_file.mode == EdiMode.FULL:
-                cursor.execute(
-                    f"SELECT employee_id, email FROM {self.table}_gone ORDER BY id"
-                )
-                while batch := cursor.fetchmany(5000):
-                    for emp, email in batch:
-                        yield ["", emp, email, "deactivated", "inactive", "", ""]
+            for emp, email in gone:
+                yield ["", emp, email, "deactivated", "inactive", "", ""]
+
+    def _stream(self, statement: str) -> Iterator[tuple[Any, ...]]:
+        raw = connection.connection
+        if raw is None or raw.autocommit:  # pragma: no cover - a caller's bug
+            raise RuntimeError("A server-side cursor needs the apply transaction.")
+        with raw.cursor(name=f"{self.table}_read") as cursor:
+            cursor.itersize = 5000
+            cursor.execute(statement)  # type: ignore[arg-type]
+            yield from cursor
 
     def write_results(self) -> str:
         """Encrypt the results CSV into the tenant's media; returns its name."""
@@ -872,6 +956,15 @@ class Run:
             path=media_dir() / name,
         )
         return name
+
+
+def _stored_email(column: str) -> str:
+    """An email as the member services store it: trimmed, domain lower-cased
+    (`portal.services.members`). Rows that reach the apply have one `@`."""
+    return (
+        f"split_part(btrim({column}), '@', 1) || '@' || "
+        f"lower(split_part(btrim({column}), '@', 2))"
+    )
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
@@ -910,6 +1003,7 @@ def edi_import_run(*, job: Job) -> None:
     settings_row = edi_settings_get()
     run = Run(edi_file=edi_file, job=job)
     run.progress("parsing", 0, force=True)
+    run.tune()
     try:
         try:
             # A transaction: a file rejected half-way through the COPY
@@ -987,6 +1081,7 @@ def edi_import_run(*, job: Job) -> None:
     finally:
         run.close()
         run.drop()
+        run.untune()
 
 
 def _grew(preview: dict[str, Any], impact: dict[str, int]) -> bool:
