@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import codecs
 import csv
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from portal.services.registry import audit_exempt
 
@@ -65,6 +67,8 @@ _SIGNATURES = (
     (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
 )
 UTF8_BOM = codecs.BOM_UTF8
+# Line boundaries of str.splitlines beyond CR and LF.
+_OTHER_BREAKS = re.compile("[\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 SAVE_AS = 'Save the file as "CSV UTF-8 (comma delimited)" and send it again.'
 
 
@@ -155,6 +159,26 @@ class _Lines:
                 pending = lines.pop()
             if len(pending) > MAX_LINE_BYTES:
                 raise self._too_long()
+            if not lines:
+                continue
+            # One decode per chunk (the common case: valid UTF-8 and short
+            # lines); per line only to name the offending line.
+            block = ""
+            if max(map(len, lines)) <= MAX_LINE_BYTES:
+                try:
+                    block = b"".join(lines).decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+                else:
+                    if _OTHER_BREAKS.search(block):
+                        # str.splitlines would also split on these; the
+                        # whitelist is CR, LF and CRLF only.
+                        block = ""
+                if block:
+                    for text in block.splitlines(keepends=True):
+                        self.number += 1
+                        yield text
+                    continue
             for raw in lines:
                 yield self._decode(raw)
         if pending:
@@ -287,8 +311,7 @@ def read_header(line: str, *, line_number: int = 1) -> Header:
     )
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     line: int
     values: tuple[str, ...] | None  # canonical order of Header.columns
     problem: Problem | None = None
@@ -319,36 +342,44 @@ class Reader:
         width = len(header.names)
         picks = [header.positions[c] for c in header.columns]
         starts: list[int] = []
+        longest = [0]  # the longest physical line of the current record
 
         def tracked() -> Iterator[str]:
             for text in lines:
                 starts.append(self._lines.number)
+                if len(text) > longest[0]:
+                    longest[0] = len(text)
                 yield text
 
         reader = csv.reader(tracked(), delimiter=header.delimiter, strict=False)
         for cells in reader:
             line = starts[0]
+            # A record read from more than one physical line has a quoted
+            # field with a line break in it.
+            spans = len(starts) > 1
             starts.clear()
-            if not any(cell.strip() for cell in cells):
+            if longest[0] > MAX_FIELD_CHARS or spans:
+                longest[0] = 0
+                for cell in cells:
+                    if len(cell) > MAX_FIELD_CHARS:
+                        raise FileRejected(
+                            Problem(
+                                "FIELD_TOO_LARGE",
+                                f"Line {line} has a field over 64 KiB.",
+                                line=line,
+                            )
+                        )
+                    if "\n" in cell or "\r" in cell:
+                        raise FileRejected(
+                            Problem(
+                                "FIELD_LINE_BREAK",
+                                f"Line {line} has a field that runs over several "
+                                "lines: check for an unbalanced quote.",
+                                line=line,
+                            )
+                        )
+            if not "".join(cells).strip():
                 continue  # a blank line
-            for cell in cells:
-                if len(cell) > MAX_FIELD_CHARS:
-                    raise FileRejected(
-                        Problem(
-                            "FIELD_TOO_LARGE",
-                            f"Line {line} has a field over 64 KiB.",
-                            line=line,
-                        )
-                    )
-                if "\n" in cell or "\r" in cell:
-                    raise FileRejected(
-                        Problem(
-                            "FIELD_LINE_BREAK",
-                            f"Line {line} has a field that runs over several lines: "
-                            "check for an unbalanced quote.",
-                            line=line,
-                        )
-                    )
             self.data_rows += 1
             if len(cells) != width:
                 yield Row(

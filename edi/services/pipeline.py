@@ -31,6 +31,7 @@ The statements are the same for every file size (EDI-P2).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import time
@@ -201,11 +202,15 @@ class Run:
                 f"COPY {self.table} ({copy_cols}) FROM STDIN"
             ) as copy:
                 batch: list[str] = []
-                for row in _chain(first, rows):
-                    values = row.values or ("",) * len(self.columns)
-                    cells = [str(row.line), *map(_copy_text, values)]
-                    cells.append(row.problem.code if row.problem else "\\N")
-                    batch.append("\t".join(cells))
+                blank = ("",) * len(self.columns)
+                tabs = len(self.columns) - 1
+                null = "\\N"
+                for line, values, problem in _chain(first, rows):
+                    text = "\t".join(values or blank)
+                    if text.count("\t") != tabs or _NEEDS_ESCAPE.search(text):
+                        text = "\t".join(map(_copy_text, values or blank))
+                    code = problem.code if problem else null
+                    batch.append(f"{line}\t{text}\t{code}")
                     if len(batch) >= COPY_BATCH:
                         copy.write("\n".join(batch) + "\n")
                         batch.clear()
@@ -970,6 +975,9 @@ def _stored_email(column: str) -> str:
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield first
     yield from rest
+
+
+_NEEDS_ESCAPE = re.compile(r"[\\\n\r]")  # besides tabs, which are counted
 
 
 def _copy_text(value: str) -> str:
