@@ -27,6 +27,17 @@ MAX_ERROR_CHARS = 4096
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 STALE_AFTER: dict[str, timedelta] = {}
 DEFAULT_STALE_AFTER = timedelta(minutes=5)
+# Kinds whose runner may simply run again after an exception (it changed
+# nothing that a rerun would not redo). Such a job goes back to the queue,
+# and the reaper re-sends it once stale, until its last attempt; other kinds
+# fail at their first exception.
+RETRY_ON_ERROR: set[str] = set()
+# kind -> dotted path of `hook(*, job: Job, error: str) -> None`, called in
+# the transaction that fails a job of that kind for good (an exception at
+# its last attempt, `job_start` giving up, or any exception for a kind
+# without retries), so the kind's own rows end with the job. Apps register
+# here, as with STALE_AFTER; portal knows no kind.
+ON_FAIL: dict[str, str] = {}
 
 
 def _params_digest(params: dict[str, Any]) -> str:
@@ -95,12 +106,13 @@ def job_create(
     return job
 
 
-@audit_exempt("job bookkeeping; the job's own service audits")
+@audits("portal.job.failed")
 def job_start(*, job_id: str) -> Job | None:
     """Claim a job for a run. Returns None when it must not run.
 
     Counts the attempt; a job that already ran `Job.MAX_ATTEMPTS` times is
-    failed instead (a task that kills its worker must not loop, TEN-9).
+    failed instead (a task that kills its worker must not loop, TEN-9), with
+    its kind's `ON_FAIL` hook in the same transaction.
     Finished or cancelled jobs return None, so redelivery is harmless, and
     so does a job another worker is running now (its heartbeat is fresh):
     if that worker died, the reaper re-queues the job once it goes stale.
@@ -118,10 +130,10 @@ def job_start(*, job_id: str) -> Job | None:
         ):
             return None
         if job.attempts >= Job.MAX_ATTEMPTS:
-            job.status = JobStatus.FAILED
-            job.error = f"Gave up after {job.attempts} attempts."
-            job.finished_at = now
-            job.save(update_fields=["status", "error", "finished_at"])
+            error = f"Gave up after {job.attempts} attempts."
+            if job.error:
+                error += f" The last error: {job.error}"
+            _fail_locked(job, error)
             return None
         job.attempts += 1
         job.status = JobStatus.RUNNING
@@ -224,20 +236,50 @@ def job_succeed(*, job: Job, result: dict[str, Any], message: str = "") -> None:
 
 
 @audits("portal.job.failed")
-def job_fail(*, job_id: str, error: str) -> None:
-    from portal.services.audit import audit_event_record
+def job_fail(*, job_id: str, error: str) -> str | None:
+    """Record that a run of the job raised `error`; returns the new status.
 
+    A kind in `RETRY_ON_ERROR` before its last attempt goes back to the
+    queue with the error noted (`queued`): the reaper re-sends it once its
+    heartbeat is older than the kind's STALE_AFTER, which spaces the
+    retries. Otherwise the job fails for good (`failed`), with one
+    `portal.job.failed` event and its kind's `ON_FAIL` hook in the same
+    transaction; an exception in the hook rolls all of it back, leaving the
+    job to the reaper. A job that is no longer active is left alone (None).
+    """
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)
         if not job.is_active:
-            return
-        job.status = JobStatus.FAILED
-        job.error = error[:MAX_ERROR_CHARS]
-        job.finished_at = timezone.now()
-        job.save(update_fields=["status", "error", "finished_at"])
-        audit_event_record(
-            action="portal.job.failed", target=job, changes={"kind": job.kind}
-        )
+            return None
+        if job.kind in RETRY_ON_ERROR and job.attempts < Job.MAX_ATTEMPTS:
+            job.status = JobStatus.QUEUED
+            job.error = error[:MAX_ERROR_CHARS]
+            job.message = (
+                f"Attempt {job.attempts} of {Job.MAX_ATTEMPTS} failed; "
+                "it will be retried."
+            )
+            job.heartbeat_at = timezone.now()
+            job.save(update_fields=["status", "error", "message", "heartbeat_at"])
+            return JobStatus.QUEUED
+        _fail_locked(job, error)
+        return JobStatus.FAILED
+
+
+def _fail_locked(job: Job, error: str) -> None:
+    """Fail a job whose row the caller has locked; audit; run the hook."""
+    from django.utils.module_loading import import_string
+
+    from portal.services.audit import audit_event_record
+
+    job.status = JobStatus.FAILED
+    job.error = error[:MAX_ERROR_CHARS]
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "error", "finished_at"])
+    audit_event_record(
+        action="portal.job.failed", target=job, changes={"kind": job.kind}
+    )
+    if hook := ON_FAIL.get(job.kind):
+        import_string(hook)(job=job, error=job.error)
 
 
 @audits("portal.job.cancelled")

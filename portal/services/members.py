@@ -14,6 +14,9 @@ from django.contrib.sessions.models import Session
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Value
+from django.db.models.functions import Lower
+from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from portal.errors import ApplicationError, PermissionDenied
@@ -47,6 +50,13 @@ class SeatLimitReached(ApplicationError):
     status = 409
 
 
+class IdentityConflict(ApplicationError):
+    """The email belongs to a member with another employee_id (edi.md §2)."""
+
+    code = "identity_conflict"
+    status = 409
+
+
 def _normalise_email(email: str) -> str:
     email = (email or "").strip()
     try:
@@ -75,6 +85,38 @@ def seat_pool_lock() -> SeatPool:
     """Lock and return the tenant's seat-pool row (one per schema)."""
     pool, _ = SeatPool.objects.select_for_update().get_or_create(id=1)
     return pool
+
+
+@audit_exempt("read: the identity rules every channel shares")
+def member_identify(
+    *, email: str, employee_id: str = "", lock: bool = False
+) -> Member | None:
+    """The member a person with this key is (edi.md §2), or None if new.
+
+    The key is `employee_id` when non-blank, else the email; emails match
+    case-insensitively, as PostgreSQL's `lower()` (the unique index) does.
+    A new `employee_id` finds the member with the same email and no
+    employee_id, whom the caller may adopt. Raises `IdentityConflict` when
+    the email belongs to a member with another employee_id. With `lock`,
+    the row is locked in the caller's transaction, so what the caller read
+    (the status above all) holds until it commits. The EDI import applies
+    the same rules set-based (`edi.services.pipeline.Run.resolve`).
+    """
+    employee_id = employee_id.strip()
+    members = Member.objects.select_for_update() if lock else Member.objects.all()
+    if employee_id:
+        found = members.filter(employee_id=employee_id).first()
+        if found is not None:
+            return found
+    by_email = members.filter(
+        Exact(Lower("email"), Lower(Value(email.strip())))
+    ).first()
+    if by_email is not None and employee_id and by_email.employee_id:
+        raise IdentityConflict(
+            "This email belongs to a member with another employee id.",
+            details={"employee_id": employee_id},
+        )
+    return by_email
 
 
 def _check_seats(pool: SeatPool, needed: int) -> None:

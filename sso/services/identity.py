@@ -17,14 +17,18 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from portal.db import row_first
+from portal.errors import ApplicationError
 from portal.models import Member, MemberSource, MemberStatus
 from portal.roles import Role
 from portal.services.audit import audit_event_record
 from portal.services.members import (
+    IdentityConflict,
     SeatLimitReached,
     member_create,
+    member_identify,
     member_role_set,
     seat_grant,
+    seat_pool_lock,
 )
 from portal.services.registry import audit_exempt, audits
 from sso.errors import SamlError
@@ -168,6 +172,15 @@ def _domain_allowed(idp: IdentityProvider, email: str) -> bool:
     return domain in (idp.allowed_email_domains or [])
 
 
+def _domain_refused(idp: IdentityProvider, email: str) -> SamlError:
+    return SamlError(
+        "email_domain_not_allowed",
+        expected="a domain on the SSO domain list: "
+        + (", ".join(idp.allowed_email_domains) or "(empty)"),
+        received=email.rsplit("@", 1)[-1],
+    )
+
+
 def _link_key(
     idp: IdentityProvider, identity: VerifiedIdentity, profile: Profile
 ) -> dict[str, str]:
@@ -180,7 +193,8 @@ def _link_key(
 
 
 def _link_locked(key: dict[str, str]) -> SsoLink | None:
-    """The link with these column values, locked, with its member and user.
+    """The link with these column values, locked, with its member (locked
+    too: a file deactivating them meanwhile must win) and user.
 
     Every SSO sign-in runs this; `row_first` keeps it to about 1 ms where
     the ORM's select_related query cost about 3 ms of CPU.
@@ -193,7 +207,7 @@ def _link_locked(key: dict[str, str]) -> SsoLink | None:
     )
     if link is None:
         return None
-    member = row_first(Member, "id = %s", [link.member_id])
+    member = row_first(Member, "id = %s", [link.member_id], for_update=True)
     if member is None:  # pragma: no cover - the foreign key forbids it
         return None
     user = row_first(User, "id = %s", [member.user_id]) if member.user_id else None
@@ -203,23 +217,74 @@ def _link_locked(key: dict[str, str]) -> SsoLink | None:
     return link
 
 
-def _find_candidate(
-    idp: IdentityProvider, profile: Profile, signed_in: Member | None
-) -> Member | None:
-    if profile.employee_id:
-        by_employee = Member.objects.filter(employee_id=profile.employee_id).first()
-        if by_employee is not None:
-            return by_employee
-    if not _domain_allowed(idp, profile.email):
-        if Member.objects.filter(email__iexact=profile.email).exists():
-            raise SamlError(
-                "email_domain_not_allowed",
-                expected="a domain on the SSO domain list: "
-                + (", ".join(idp.allowed_email_domains) or "(empty)"),
-                received=profile.email.rsplit("@", 1)[-1],
-            )
+def _find_candidate(idp: IdentityProvider, profile: Profile) -> Member | None:
+    """The existing member by the shared lookup (edi.md §2, SSO-F10 (2)).
+
+    The member's row is locked until the sign-in commits, so an EDI file
+    that deactivates them either finished first (and the sign-in sees it)
+    or waits. A member found by `employee_id` is used whatever the email's
+    domain; one found by email only when the domain is on the SSO list.
+    """
+    try:
+        member = member_identify(
+            email=profile.email, employee_id=profile.employee_id, lock=True
+        )
+    except IdentityConflict:
+        raise SamlError(
+            "identity_conflict",
+            expected="the employee ID of the member with this email",
+            received=f"employee ID {profile.employee_id}",
+        ) from None
+    if member is None:
         return None
-    return Member.objects.filter(email__iexact=profile.email).first()
+    if profile.employee_id and member.employee_id == profile.employee_id:
+        return member
+    if not _domain_allowed(idp, profile.email):
+        raise _domain_refused(idp, profile.email)
+    return member
+
+
+def _jit_member(
+    idp: IdentityProvider, profile: Profile, role: str | None
+) -> tuple[Member, bool]:
+    """Create the member (with a seat if one is free), or return the one an
+    EDI file or another sign-in made meanwhile; `(member, created)`.
+
+    Every grant takes the seat-pool lock (edi.md §2). Taking it before the
+    INSERT keeps one lock order with the EDI apply (pool, then new members),
+    so the two never deadlock, and an import that held it has committed its
+    members by the time the lookup runs again. The unique constraints are
+    the backstop for whoever inserts without the lock.
+    """
+    seat_pool_lock()
+    existing = _find_candidate(idp, profile)
+    if existing is not None:
+        return existing, False
+    try:
+        member = member_create(
+            email=profile.email,
+            actor=None,
+            first_name=profile.first_name,
+            last_name=profile.last_name,
+            role=role
+            or (idp.default_role if idp.default_role != Role.OWNER else Role.MEMBER),
+            source=MemberSource.SSO,
+            employee_id=profile.employee_id,
+            status=MemberStatus.ACTIVE,
+        )
+    except ApplicationError as error:
+        if error.code != "email_taken":
+            raise
+        existing = _find_candidate(idp, profile)
+        if existing is None:
+            raise SamlError("identity_conflict", received=profile.email) from None
+        return existing, False
+    try:
+        with transaction.atomic():
+            seat_grant(member_ids=[member.pk], actor=None)
+    except SeatLimitReached:
+        pass  # the member exists without a seat; admins see it
+    return member, True
 
 
 def _user_for(member: Member) -> User:
@@ -284,9 +349,21 @@ def sso_member_resolve(
     else:
         # Keyed by NameID (or immutable ID): a person arriving under another
         # identity is never merged into an existing link (identity_conflict).
-        member_or_none = _find_candidate(idp, profile, signed_in)
-        if member_or_none is not None:
-            member = member_or_none
+        member_or_none = _find_candidate(idp, profile)
+        if member_or_none is None and idp.jit_enabled:
+            if role_error is not None:
+                raise role_error
+            if not _domain_allowed(idp, profile.email):
+                raise _domain_refused(idp, profile.email)
+            member_or_none, created = _jit_member(idp, profile, role)
+        if member_or_none is None:
+            raise SamlError(
+                "user_unknown",
+                expected="an existing member, or just-in-time provisioning on",
+                received=profile.email,
+            )
+        member = member_or_none
+        if not created:
             existing = SsoLink.objects.filter(member=member).first()
             if existing is not None:
                 raise SamlError(
@@ -303,46 +380,6 @@ def sso_member_resolve(
                     "while signed in with their password.",
                     received=profile.email,
                 )
-        elif idp.jit_enabled:
-            if role_error is not None:
-                raise role_error
-            if not _domain_allowed(idp, profile.email):
-                raise SamlError(
-                    "email_domain_not_allowed",
-                    expected="a domain on the SSO domain list: "
-                    + (", ".join(idp.allowed_email_domains) or "(empty)"),
-                    received=profile.email.rsplit("@", 1)[-1],
-                )
-            try:
-                member = member_create(
-                    email=profile.email,
-                    actor=None,
-                    first_name=profile.first_name,
-                    last_name=profile.last_name,
-                    role=role
-                    or (
-                        idp.default_role
-                        if idp.default_role != Role.OWNER
-                        else Role.MEMBER
-                    ),
-                    source=MemberSource.SSO,
-                    employee_id=profile.employee_id,
-                    status=MemberStatus.ACTIVE,
-                )
-            except IntegrityError:
-                raise SamlError("identity_conflict", received=profile.email) from None
-            created = True
-            try:
-                with transaction.atomic():
-                    seat_grant(member_ids=[member.pk], actor=None)
-            except SeatLimitReached:
-                pass  # the member exists without a seat; admins see it
-        else:
-            raise SamlError(
-                "user_unknown",
-                expected="an existing member, or just-in-time provisioning on",
-                received=profile.email,
-            )
         rekeyed = True
         link = SsoLink(
             member=member,
@@ -375,9 +412,11 @@ def sso_member_resolve(
         member.status = MemberStatus.ACTIVE
         updates.append("status")
     if member.source != MemberSource.EDI and not created:
+        # Only blanks are filled: a value an EDI file or an admin set is
+        # never overwritten by the IdP's (edi.md §2, SSO-F10).
         for attr in ("first_name", "last_name"):
             value = getattr(profile, attr)
-            if value and getattr(member, attr) != value:
+            if value and not getattr(member, attr):
                 setattr(member, attr, value)
                 updates.append(attr)
     member.last_sign_in_at = timezone.now()
