@@ -274,6 +274,11 @@ class _Connection(threading.Thread):
         if banned is not None:
             log.info("sftp: %s is banned until %s", self.ip, banned.isoformat())
             return
+        # SFTP is request and reply: under Nagle each small status reply
+        # waits for the client's ACK of the last one, and uploads often
+        # stalled near 50 MB/s instead of 120 (docs/benchmarks.md).
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(
             self.sock, disabled_algorithms=disabled_algorithms()
         )

@@ -366,6 +366,11 @@ CELERY_BEAT_SCHEDULE: dict[str, Any] = {
         "schedule": 24 * 60 * 60,
         "kwargs": {"task_name": "portal.daily_upkeep"},
     },
+    # Public-schema upkeep (SFTP sign-in counters), once, not per tenant.
+    "portal.platform_daily": {
+        "task": "portal.platform_daily",
+        "schedule": 24 * 60 * 60,
+    },
 }
 
 # SSO (specs/sso.md). The drift is set on python3-saml once at startup.

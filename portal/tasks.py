@@ -71,11 +71,28 @@ def member_bulk_run_task(
     _run_job(job_id, "portal.services.bulk.member_bulk_run")
 
 
+@app.task(name="portal.outbox_deliver", base=TenantBoundTask, bind=True)
+def outbox_deliver_task(self: TenantBoundTask, *, schema_name: str) -> None:
+    """Send this tenant's due outbox emails; safe to run twice at once.
+
+    Not `reject_on_worker_lost` (no attempts cap, TEN-9): a lost message
+    costs nothing, the jobs reaper delivers what is left.
+    """
+    from portal.services.outbox import outbox_deliver
+
+    outbox_deliver()
+
+
 @app.task(name="portal.jobs_reap", base=TenantBoundTask, bind=True)
 def jobs_reap_task(self: TenantBoundTask, *, schema_name: str) -> None:
-    """Re-queue this tenant's stalled jobs (PORTAL-16)."""
+    """Re-queue this tenant's stalled jobs (PORTAL-16); send leftover email.
+
+    The outbox part delivers rows whose task was lost (broker down at
+    commit) or whose send failed and is due again.
+    """
     from edi.tasks import edi_import_task
     from portal.services.jobs import job_reap_stale
+    from portal.services.outbox import outbox_deliver
 
     job_reap_stale(
         tasks_by_kind={
@@ -87,18 +104,35 @@ def jobs_reap_task(self: TenantBoundTask, *, schema_name: str) -> None:
             "edi_import": edi_import_task,
         }
     )
+    outbox_deliver()
 
 
 @app.task(name="portal.daily_upkeep", base=TenantBoundTask, bind=True)
 def daily_upkeep_task(self: TenantBoundTask, *, schema_name: str) -> None:
-    """Seat snapshot, expired exports, sessions and login failures."""
+    """Daily per-tenant upkeep; every step is idempotent.
+
+    Seat snapshot, expired exports, sessions and login failures, sent
+    outbox email, and EDI files past their retention (EDI-P10).
+    """
+    from edi.services.retention import edi_retention_purge
     from portal.services.auth import auth_housekeeping
     from portal.services.exports import export_expire
     from portal.services.members import seat_snapshot_take
+    from portal.services.outbox import outbox_prune
 
     seat_snapshot_take()
     export_expire()
     auth_housekeeping()
+    outbox_prune()
+    edi_retention_purge()
+
+
+@app.task(name="portal.platform_daily", base=PlatformTask, bind=True)
+def platform_daily_task(self: PlatformTask) -> None:
+    """Daily upkeep of public-schema tables (beat calls this once a day)."""
+    from edi.services.sftp import sftp_auth_events_prune
+
+    sftp_auth_events_prune()
 
 
 @app.task(name="portal.fan_out", base=PlatformTask, bind=True)

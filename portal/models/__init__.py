@@ -12,6 +12,7 @@ from portal.models.members import (
     SeatPool,
     SeatSnapshot,
 )
+from portal.models.outbox import OutboxEmail
 
 __all__ = [
     "AuditEvent",
@@ -25,6 +26,7 @@ __all__ = [
     "MemberSession",
     "MemberSource",
     "MemberStatus",
+    "OutboxEmail",
     "SeatPool",
     "SeatSnapshot",
 ]
