@@ -43,7 +43,11 @@ SIX_HOURS = 6 * 60 * 60
 # The SAML endpoints receive cross-site POSTs from identity providers; the
 # message signature, the one-time RelayState token and the finish step's
 # browser binding protect them instead (SSO-S12, SSO-S16).
-ALLOWED_CSRF_EXEMPT: set[str] = {"sso:acs", "sso:sls"}
+# The EDI upload streams its body to the spool through its own upload
+# handler, so Django's CSRF middleware must not read the body first; the
+# view checks CSRF itself right after (Django's documented pattern for
+# custom upload handlers; tests/edi/test_page.py refuses a POST without it).
+ALLOWED_CSRF_EXEMPT: set[str] = {"sso:acs", "sso:sls", "edi:file-upload"}
 
 
 def _master_key() -> str:
