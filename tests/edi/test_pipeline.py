@@ -430,7 +430,7 @@ def test_the_statements_do_not_depend_on_the_file_size():
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    def statements(rows: int, start: int) -> int:
+    def statements(rows: int, start: int) -> list[str]:
         raw = people(rows, start=start, groups="A;B").encode()
         with SpoolWriter(current_schema()) as writer:
             writer.write(raw)
@@ -472,7 +472,8 @@ def test_results_have_the_contract_columns_and_every_row():
         "codes",
         "message",
     ]
-    assert rows[0]["row_number"] == "2" and rows[0]["outcome"] == "unchanged"
+    assert rows[0]["row_number"] == "2"
+    assert rows[0]["outcome"] == "unchanged"
     by_outcome = {r["outcome"]: r for r in rows}
     assert by_outcome["error"]["codes"] == "EMAIL_INVALID"
     assert by_outcome["error"]["row_number"] == "19"
