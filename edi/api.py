@@ -34,6 +34,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from edi.models import EdiFile, EdiMode, EdiSource, EdiToken
+from edi.selectors import edi_file_get
 from edi.serializers import (
     MULTIPART_TYPE,
     EdiFileSerializer,
@@ -45,7 +46,7 @@ from edi.services.receive import edi_file_receive
 from edi.services.tokens import TOKEN_PREFIX, TokenRefused, edi_token_authenticate
 from portal import context
 from portal.api import ACCEPTED, PortalSessionAuthentication, TenantApiView
-from portal.errors import ApplicationError, Conflict, NotFound
+from portal.errors import ApplicationError, Conflict
 from portal.selectors.pagination import decode_cursor, encode_cursor
 
 READ_SCOPE = "edi:read"
@@ -188,18 +189,6 @@ class EdiApiView(TenantApiView):
 # Endpoints
 
 
-def _file_get(file_id: str) -> EdiFile:
-    """The current tenant's file, or 404 (unknown, malformed or foreign)."""
-    try:
-        pk = uuid.UUID(file_id)
-    except ValueError:
-        raise NotFound("EDI file not found.") from None
-    edi_file = EdiFile.objects.select_related("job").filter(pk=pk).first()
-    if edi_file is None:
-        raise NotFound("EDI file not found.")
-    return edi_file
-
-
 class EdiFileCollectionApi(EdiApiView):
     """`/api/v1/edi/files/`: GET lists the files, POST uploads one.
 
@@ -321,7 +310,7 @@ class EdiFileDetailApi(EdiApiView):
 
     @extend_schema(operation_id="edi_files_retrieve", responses=OutputSerializer)
     def get(self, request: Request, file_id: str) -> Response:
-        return Response(self.OutputSerializer(_file_get(file_id)).data)
+        return Response(self.OutputSerializer(edi_file_get(file_id=file_id)).data)
 
 
 class EdiFileResultsApi(EdiApiView):
@@ -338,7 +327,7 @@ class EdiFileResultsApi(EdiApiView):
         },
     )
     def get(self, request: Request, file_id: str) -> StreamingHttpResponse:
-        edi_file = _file_get(file_id)
+        edi_file = edi_file_get(file_id=file_id)
         if edi_file.purged_at is not None:
             raise ApplicationError(
                 "The results were deleted after the retention period.",

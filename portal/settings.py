@@ -419,6 +419,10 @@ LOGGING: dict[str, Any] = {
 
 # EDI (edi.md §4): one size limit for every channel.
 EDI_MAX_FILE_BYTES = int(os.environ.get("EDI_MAX_FILE_BYTES") or 256 * 1024 * 1024)
+# The SFTP address /edi/ shows to admins (edi.selectors): the host defaults to
+# the tenant's primary domain, the port to 2222 (the sftpd default).
+PORTAL_SFTP_HOST = os.environ.get("PORTAL_SFTP_HOST", "")
+PORTAL_SFTP_PORT = int(os.environ.get("PORTAL_SFTP_PORT") or 0)
 # Test setting only (EDI-P14's crash tests): the worker SIGKILLs itself at
 # this point of an import: parsing, before_commit or after_commit_before_ack.
 EDI_TEST_CRASH_AT = os.environ.get("EDI_TEST_CRASH_AT", "")

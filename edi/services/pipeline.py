@@ -668,13 +668,15 @@ class Run:
                   FROM {{s}} s
                   WHERE s.action = 'update' AND m.id = s.member_id
                     AND m.role <> '{Role.OWNER}' AND ({" OR ".join(diffs)})
-                  RETURNING m.id)
-                UPDATE {{s}} SET action = 'updated' FROM changed
-                WHERE {{s}}.member_id = changed.id AND {{s}}.action = 'update'
-                RETURNING 1""",
+                  RETURNING m.id),
+                marked AS (
+                  UPDATE {{s}} SET action = 'updated' FROM changed
+                  WHERE {{s}}.member_id = changed.id AND {{s}}.action = 'update'
+                  RETURNING 1)
+                SELECT count(*) FROM marked""",
             [now, now],
         )
-        return len(updated)
+        return int(updated[0][0])
 
     def _deactivate_missing(self, now: Any) -> int:
         """Full files: deactivate the absent, free seats, end sessions (PORTAL-09)."""
@@ -824,7 +826,8 @@ class Run:
 
         Only the difference is written: memberships the file drops are
         deleted, new ones inserted; a file that changes nothing writes
-        nothing.
+        nothing. A group named twice in one cell is inserted once (ON
+        CONFLICT), so the wanted pairs need no DISTINCT pass.
         """
         cells = """FROM {s} s,
                    unnest(string_to_array(coalesce(s.groups, ''), ';')) cell
@@ -841,7 +844,7 @@ class Run:
         )
         self.sql(
             """CREATE TEMP TABLE {s}_want ON COMMIT DROP AS
-               SELECT DISTINCT s.member_id, g.id AS group_id
+               SELECT s.member_id, g.id AS group_id
                FROM {s} s
                CROSS JOIN LATERAL
                     unnest(string_to_array(coalesce(s.groups, ''), ';')) cell

@@ -2,8 +2,10 @@
 
 The daily upkeep task calls `edi_retention_purge` for each tenant. A file
 past `EdiSettings.retention_days` (counted from `received_at`) loses its
-encrypted raw blob and its encrypted results file; the row, its `sha256`,
-counts, errors and preview stay, with `purged_at` set. Downloads of a
+encrypted raw blob and its encrypted results file, and its row loses the
+employee data it quotes (the preview's sample rows, the keys of a
+DUPLICATE_KEY error); the row, its `sha256`, counts, error codes and lines
+stay, with `purged_at` set. Downloads of a
 purged file answer 410 `purged` (`edi.services.results`).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
@@ -75,7 +78,9 @@ def _purge_one(pk: uuid.UUID, *, cutoff: datetime, retention_days: int) -> bool:
         if edi_file.results_name and _unlink(media_dir() / edi_file.results_name):
             deleted.append("results")
         edi_file.purged_at = timezone.now()
-        edi_file.save(update_fields=["purged_at"])
+        edi_file.preview = _without_rows(edi_file.preview)
+        edi_file.errors = [_error_without_rows(e) for e in edi_file.errors or []]
+        edi_file.save(update_fields=["purged_at", "preview", "errors"])
         audit_event_record(
             action="edi.file.purged",
             target=edi_file,
@@ -87,6 +92,23 @@ def _purge_one(pk: uuid.UUID, *, cutoff: datetime, retention_days: int) -> bool:
             },
         )
         return True
+
+
+def _without_rows(preview: dict[str, Any] | None) -> dict[str, Any]:
+    """The preview's counts and reasons; its sample rows name people."""
+    return {k: v for k, v in (preview or {}).items() if k != "samples"}
+
+
+def _error_without_rows(error: dict[str, Any]) -> dict[str, Any]:
+    """File-level errors keep code, line and message, except the keys that
+    DUPLICATE_KEY quotes (employee ids and emails)."""
+    if error.get("code") != "DUPLICATE_KEY":
+        return error
+    return {
+        "code": error["code"],
+        "message": "The same key appeared on more than one row (the keys were "
+        "removed after the retention period).",
+    }
 
 
 def _unlink(path: Path) -> bool:

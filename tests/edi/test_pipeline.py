@@ -484,3 +484,10 @@ def test_results_have_the_contract_columns_and_every_row():
         "E20",
     ]
     assert len(rows) == 19 + 2
+
+
+def test_a_group_named_twice_in_a_cell_is_one_membership():
+    f = run_import(people(1, groups="A; a ;B;A"))
+    assert f.status == EdiStatus.COMPLETED, f.errors
+    member = Member.objects.get(employee_id="E1")
+    assert sorted(member.groups.values_list("name", flat=True)) == ["A", "B"]

@@ -85,6 +85,10 @@ def test_after_retention_the_blobs_go_and_the_row_stays(tenant, clock):
         assert kept.sha256 == f.sha256
         assert kept.counts == f.counts
         assert kept.status == EdiStatus.COMPLETED
+        # The row keeps no people either: the preview's samples are gone.
+        assert "known.person" in str(f.preview)
+        assert "known.person" not in str(kept.preview)
+        assert kept.preview["counts"] == f.preview["counts"]
         event = AuditEvent.objects.get(action="edi.file.purged", target_id=str(f.pk))
         assert event.changes["deleted"] == ["raw", "results"]
         assert event.changes["retention_days"] == 90
@@ -208,3 +212,15 @@ def test_platform_daily_prunes_old_sftp_sign_in_counters(tenant, clock):
         platform_daily_task.run()
         left = SftpAuthEvent.objects.filter(ip__in=["192.0.2.1", "192.0.2.2"])
         assert list(left.values_list("ip", flat=True)) == ["192.0.2.2"]
+
+
+def test_a_duplicate_key_error_loses_its_keys_at_the_purge(tenant, clock):
+    with tenant_context(tenant):
+        f = run_import(ROWS + "KNOWN1,third.person@corp.test,Third,Rowtext\n")
+        assert f.status == EdiStatus.REJECTED
+        assert "KNOWN1" in str(f.errors)
+        clock.now += dt.timedelta(days=91)
+        assert edi_retention_purge() == 1
+        kept = EdiFile.objects.get(pk=f.pk)
+        assert [e["code"] for e in kept.errors] == ["DUPLICATE_KEY"]
+        assert "KNOWN1" not in str(kept.errors)
