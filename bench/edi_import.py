@@ -229,7 +229,7 @@ def main() -> int:
                 ]
             )
     shutil.rmtree(work, ignore_errors=True)
-    print(f"\n== {n:,} rows, full files, in-process worker body ==")
+    print(f"\n== {n:,} rows, full files, worker body in a fresh process ==")
     print(
         table(
             [
