@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import threading
@@ -492,18 +493,25 @@ def dead_broker() -> Iterator[str]:
         port = probe.getsockname()[1]
     url = f"redis://127.0.0.1:{port}/0"
     saved = app.conf.broker_url
+    saved_env = os.environ.get("CELERY_BROKER_URL")
+    # Celery reads CELERY_BROKER_URL before its own setting (CI sets it).
+    os.environ["CELERY_BROKER_URL"] = url
     app.conf.broker_url = url
     _reset_producer_pool()
     try:
         yield url
     finally:
+        if saved_env is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = saved_env
         app.conf.broker_url = saved
         _reset_producer_pool()
 
 
 @pytest.mark.worker
 def test_an_upload_while_the_broker_is_down_imports_once_it_is_back(
-    broker: WorkerBroker, committed_tenant: Tenant, caplog
+    broker: WorkerBroker, committed_tenant: Tenant, caplog: pytest.LogCaptureFixture
 ):
     tenant = committed_tenant
     with tenant_context(tenant):
