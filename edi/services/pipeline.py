@@ -786,7 +786,7 @@ class Run:
                 keys AS MATERIALIZED (
                   SELECT s.emp, ids.mid FROM {{s}} s JOIN ids USING (line)
                   WHERE s.emp <> '' AND s.action IN ('create', 'update')),
-                w AS (
+                w AS NOT MATERIALIZED (
                   SELECT s.*, ids.mid,
                          ({revokes}) AS revokes,
                          (s.action IN ('create', 'update') AND NOT s.seat_now
@@ -794,12 +794,15 @@ class Run:
                                AND ({" OR ".join(rule_match)})))) AS wants,
                          ({explicit}) AS is_explicit
                   FROM {{s}} s JOIN ids USING (line)),
+                ranked AS (
+                  -- Only the rows that want a seat, and narrow: sorting
+                  -- whole rows would spill a 1M-row file to disk.
+                  SELECT w.line, row_number() OVER (
+                           ORDER BY NOT w.is_explicit, w.line) AS rank
+                  FROM w WHERE w.wants),
                 r AS (
-                  SELECT w.*, {manager} AS manager_target,
-                         CASE WHEN w.wants THEN row_number() OVER (
-                           PARTITION BY w.wants
-                           ORDER BY NOT w.is_explicit, w.line) END AS rank
-                  FROM w{manager_joins})
+                  SELECT w.*, {manager} AS manager_target, ranked.rank
+                  FROM w LEFT JOIN ranked ON ranked.line = w.line{manager_joins})
                 SELECT {columns}, r.mid AS member_id,
                        (r.action = 'create') AS is_new,
                        CASE WHEN r.revokes THEN false
@@ -835,7 +838,7 @@ class Run:
         self.sql(
             f"""INSERT INTO portal_membergroup (name, created_at)
                 SELECT DISTINCT ON (lower(n.name)) n.name, %s
-                FROM (SELECT left(btrim(cell), 200) AS name {cells}) n
+                FROM (SELECT DISTINCT left(btrim(cell), 200) AS name {cells}) n
                 WHERE NOT EXISTS (SELECT 1 FROM portal_membergroup g
                                   WHERE lower(g.name) = lower(n.name))
                 ORDER BY lower(n.name), n.name
