@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -181,15 +182,13 @@ def ci_requires(service: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def committed_tenant(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Tenant]:
-    """A fresh tenant whose writes really commit (for real workers, races).
+@contextmanager
+def committed_tenant_provisioned(
+    django_db_blocker: Any, *, name: str = "Committed Ltd"
+) -> Iterator[Tenant]:
+    """Provision a fresh tenant whose writes really commit; drop it after.
 
-    Do not combine with `db`-based fixtures in one test: those wrap the
-    test in a transaction other connections cannot see. The schema is
-    dropped afterwards (platform audit rows stay: they are append-only).
-    pytest-django's transactional flush is not used because it TRUNCATEs,
-    which the append-only audit trigger refuses.
+    The body of `committed_tenant`, for tests that need a second one.
     """
     import uuid
 
@@ -200,7 +199,7 @@ def committed_tenant(django_db_setup: Any, django_db_blocker: Any) -> Iterator[T
         try:
             result = tenant_provision(
                 slug=slug,
-                name="Committed Ltd",
+                name=name,
                 owner_email=f"owner@{slug}.test",
                 owner_password=OWNER_PASSWORD,
             )
@@ -216,6 +215,20 @@ def committed_tenant(django_db_setup: Any, django_db_blocker: Any) -> Iterator[T
                 )
             if tenant_id is not None:
                 drop_tenant_now(tenant_id)
+
+
+@pytest.fixture
+def committed_tenant(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Tenant]:
+    """A fresh tenant whose writes really commit (for real workers, races).
+
+    Do not combine with `db`-based fixtures in one test: those wrap the
+    test in a transaction other connections cannot see. The schema is
+    dropped afterwards (platform audit rows stay: they are append-only).
+    pytest-django's transactional flush is not used because it TRUNCATEs,
+    which the append-only audit trigger refuses.
+    """
+    with committed_tenant_provisioned(django_db_blocker) as tenant:
+        yield tenant
 
 
 def drop_tenant_now(tenant_id: int) -> None:

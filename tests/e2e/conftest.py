@@ -177,3 +177,38 @@ def screenshot() -> Shot:
         return path
 
     return take
+
+
+SEEDED = 60
+
+
+@dataclass
+class Site:
+    host: str
+    owner_email: str
+    server: LiveServer
+
+    def url(self, path: str = "/") -> str:
+        return self.server.url(self.host, path)
+
+
+@pytest.fixture
+def demo_site(committed_tenant: Any, live_server_thread: LiveServer) -> Site:
+    """The committed tenant with 60 demo members (EDI-managed), served live.
+
+    Requested before `browser_page`: ORM work must happen before Playwright
+    starts.
+    """
+    from django_tenants.utils import tenant_context
+
+    from portal.services.demo import demo_members_seed
+
+    slug = committed_tenant.slug
+    with tenant_context(committed_tenant):
+        demo_members_seed(count=SEEDED, domain=f"{slug}.test")
+    use_public_schema()
+    return Site(
+        host=f"{slug}.localhost",
+        owner_email=f"owner@{slug}.test",
+        server=live_server_thread,
+    )

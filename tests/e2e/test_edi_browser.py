@@ -14,55 +14,22 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from django_tenants.utils import tenant_context
 
-from portal.db import use_public_schema
-from portal.services.demo import demo_members_seed
 from tests.conftest import OWNER_PASSWORD
-from tests.e2e.conftest import LiveServer, PageProblems, Shot
+from tests.e2e.conftest import SEEDED, PageProblems, Shot, Site
 from tests.worker import RealWorker, WorkerBroker, running_worker, use_test_broker
 
 pytestmark = pytest.mark.e2e
 
 ROWS = 10_000
-SEEDED = 60
 TIMEOUT_MS = 90_000
 HEADER = "employee_id,email,first_name,last_name,department,seat\n"
-
-
-@dataclass
-class Site:
-    host: str
-    owner_email: str
-    server: LiveServer
-
-    def url(self, path: str = "/") -> str:
-        return self.server.url(self.host, path)
-
-
-@pytest.fixture
-def edi_site(committed_tenant: Any, live_server_thread: LiveServer) -> Site:
-    """The committed tenant with 60 demo members (EDI-managed), served live.
-
-    Requested before `browser_page`: ORM work must happen before Playwright
-    starts (see tests/e2e/conftest.py).
-    """
-    slug = committed_tenant.slug
-    with tenant_context(committed_tenant):
-        demo_members_seed(count=SEEDED, domain=f"{slug}.test")
-    use_public_schema()
-    return Site(
-        host=f"{slug}.localhost",
-        owner_email=f"owner@{slug}.test",
-        server=live_server_thread,
-    )
 
 
 @pytest.fixture
@@ -137,13 +104,13 @@ def wait_for_status(page: Any, status: str) -> None:
 
 
 def test_drop_preview_apply_and_download_results(
-    edi_site: Site,
+    demo_site: Site,
     worker: tuple[WorkerBroker, RealWorker],
     browser_page: tuple[Any, PageProblems],
     screenshot: Shot,
 ) -> None:
     page, problems = browser_page
-    sign_in(page, edi_site)
+    sign_in(page, demo_site)
     page.get_by_role("heading", name="Employee data", level=1).wait_for()
     assert page.get_by_label(
         "Preview first (nothing changes until you apply)"
@@ -201,13 +168,13 @@ def test_drop_preview_apply_and_download_results(
 
 
 def test_a_held_full_file_is_approved(
-    edi_site: Site,
+    demo_site: Site,
     worker: tuple[WorkerBroker, RealWorker],
     browser_page: tuple[Any, PageProblems],
     screenshot: Shot,
 ) -> None:
     page, problems = browser_page
-    sign_in(page, edi_site)
+    sign_in(page, demo_site)
     # A full file naming 10 of the demo members: the rest would go.
     content = HEADER + "".join(
         f"E{10000 + n},keep{n}@corp.test,Keep,{n},Sales,active\n" for n in range(10)
@@ -234,19 +201,19 @@ def test_a_held_full_file_is_approved(
 
 
 def test_rejected_file_settings_and_history(
-    edi_site: Site,
+    demo_site: Site,
     worker: tuple[WorkerBroker, RealWorker],
     browser_page: tuple[Any, PageProblems],
     screenshot: Shot,
 ) -> None:
     page, problems = browser_page
-    sign_in(page, edi_site)
+    sign_in(page, demo_site)
 
     # An empty file is refused in the page, before anything is sent.
     drop_file(page, "empty.csv", "")
     page.get_by_role("button", name="Upload").click()
     page.locator(".form-errors").get_by_text("The file is empty.").wait_for()
-    assert page.url == edi_site.url("/edi/")
+    assert page.url == demo_site.url("/edi/")
 
     # A file without an email column: rejected with its code.
     drop_file(page, "export.csv", "name,department\nAda,Sales\nAlan,Research\n")

@@ -8,50 +8,16 @@ to tests/e2e/screenshots/ for a human to look at.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django_tenants.utils import tenant_context
 
-from portal.db import use_public_schema
 from portal.selectors.members import MEMBER_EXPORT_COLUMNS
-from portal.services.demo import demo_members_seed
 from tests.conftest import OWNER_PASSWORD
-from tests.e2e.conftest import LiveServer, PageProblems, Shot
+from tests.e2e.conftest import SEEDED, PageProblems, Shot, Site
 
 pytestmark = pytest.mark.e2e
-
-SEEDED = 60
-
-
-@dataclass
-class Site:
-    host: str
-    owner_email: str
-    server: LiveServer
-
-    def url(self, path: str = "/") -> str:
-        return self.server.url(self.host, path)
-
-
-@pytest.fixture
-def owner_site(committed_tenant: Any, live_server_thread: LiveServer) -> Site:
-    """The committed tenant with 60 demo members, served live.
-
-    Requested before `browser_page`: ORM work must happen before Playwright
-    starts (see tests/e2e/conftest.py).
-    """
-    slug = committed_tenant.slug
-    with tenant_context(committed_tenant):
-        demo_members_seed(count=SEEDED, domain=f"{slug}.test")
-    use_public_schema()
-    return Site(
-        host=f"{slug}.localhost",
-        owner_email=f"owner@{slug}.test",
-        server=live_server_thread,
-    )
 
 
 def sign_in(page: Any, site: Site, shot: Shot | None = None) -> None:
@@ -67,10 +33,10 @@ def sign_in(page: Any, site: Site, shot: Shot | None = None) -> None:
 
 
 def test_owner_journey(
-    owner_site: Site, browser_page: tuple[Any, PageProblems], screenshot: Shot
+    demo_site: Site, browser_page: tuple[Any, PageProblems], screenshot: Shot
 ) -> None:
     page, problems = browser_page
-    sign_in(page, owner_site, screenshot)
+    sign_in(page, demo_site, screenshot)
 
     # Dashboard: the seat card counts the seeded members plus the owner.
     page.get_by_role("heading", name="Dashboard", level=1).wait_for()
@@ -121,15 +87,15 @@ def test_owner_journey(
 
 
 def test_audit_export_progress_live(
-    owner_site: Site, browser_page: tuple[Any, PageProblems], screenshot: Shot
+    demo_site: Site, browser_page: tuple[Any, PageProblems], screenshot: Shot
 ) -> None:
     """PORTAL-18: the job page follows a real worker to "Succeeded" in place."""
     from tests.worker import running_worker, use_test_broker
 
     page, problems = browser_page
     with use_test_broker() as broker, running_worker(broker, start=False) as worker:
-        sign_in(page, owner_site)
-        page.goto(owner_site.url("/audit/"))
+        sign_in(page, demo_site)
+        page.goto(demo_site.url("/audit/"))
         page.get_by_role("button", name="Export CSV").click()
         page.wait_for_url("**/jobs/*/")
         status = page.locator(".job-status [data-field=status]")

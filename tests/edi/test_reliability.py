@@ -35,7 +35,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
-from django_tenants.utils import schema_context, tenant_context
+from django_tenants.utils import tenant_context
 
 import portal.services.jobs as job_services
 from edi.models import EdiFile, EdiStatus
@@ -51,7 +51,10 @@ from portal.models import AuditEvent, Job, JobStatus, Member, MemberStatus, Outb
 from portal.services.jobs import STALE_AFTER, job_reap_stale, job_start
 from portal.tasks import jobs_reap_task
 from tenants.models import Tenant
-from tests.conftest import OWNER_PASSWORD, ci_requires, drop_tenant_now
+from tests.conftest import (
+    ci_requires,
+    committed_tenant_provisioned,
+)
 from tests.worker import (
     WorkerBroker,
     _reset_producer_pool,
@@ -569,32 +572,8 @@ def second_committed_tenant(
     django_db_setup: Any, django_db_blocker: Any
 ) -> Iterator[Tenant]:
     """Another fresh tenant whose writes commit (see `committed_tenant`)."""
-    import uuid
-
-    from portal.db import use_public_schema
-    from tenants.services import tenant_provision
-
-    slug = "c" + uuid.uuid4().hex[:10]
-    with django_db_blocker.unblock():
-        try:
-            result = tenant_provision(
-                slug=slug,
-                name="Second Ltd",
-                owner_email=f"owner@{slug}.test",
-                owner_password=OWNER_PASSWORD,
-            )
-            use_public_schema()
-            yield result.tenant
-        finally:
-            use_public_schema()
-            with schema_context("public"):
-                tenant_id = (
-                    Tenant.objects.filter(slug=slug)
-                    .values_list("pk", flat=True)
-                    .first()
-                )
-            if tenant_id is not None:
-                drop_tenant_now(tenant_id)
+    with committed_tenant_provisioned(django_db_blocker, name="Second Ltd") as tenant:
+        yield tenant
 
 
 @pytest.fixture
