@@ -165,10 +165,13 @@ class Run:
         table, so a worker's later imports keep the first setting."""
         with connection.cursor() as cursor:
             cursor.execute(f"SET work_mem = '{WORK_MEM}'")
-            try:
+        try:
+            # In its own (sub)transaction, so a refusal leaves none aborted;
+            # a plain SET outlives the commit, for the session.
+            with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute(f"SET temp_buffers = '{TEMP_BUFFERS}'")
-            except DatabaseError:
-                pass  # set by an earlier import on this connection
+        except DatabaseError:
+            pass  # the session used temp tables before with another value
 
     def untune(self) -> None:
         with connection.cursor() as cursor:
