@@ -11,13 +11,10 @@ limit), then handed to `edi_file_receive` like every other channel's.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
-from django.db.models import Q, QuerySet
 from django.http import StreamingHttpResponse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
@@ -34,7 +31,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from edi.models import EdiFile, EdiMode, EdiSource, EdiToken
-from edi.selectors import edi_file_get
+from edi.selectors import InvalidCursor, edi_file_get, edi_file_page
 from edi.serializers import (
     MULTIPART_TYPE,
     EdiFileSerializer,
@@ -47,7 +44,6 @@ from edi.services.tokens import TOKEN_PREFIX, TokenRefused, edi_token_authentica
 from portal import context
 from portal.api import ACCEPTED, PortalSessionAuthentication, TenantApiView
 from portal.errors import ApplicationError, Conflict
-from portal.selectors.pagination import decode_cursor, encode_cursor
 
 READ_SCOPE = "edi:read"
 WRITE_SCOPE = "edi:write"
@@ -223,13 +219,16 @@ class EdiFileCollectionApi(EdiApiView):
     )
     def get(self, request: Request) -> Response:
         params = _validated(self.ListParams, request)
-        files, next_cursor = _file_page(
-            cursor=params.get("after"), page_size=params["limit"]
-        )
+        try:
+            page = edi_file_page(
+                cursor=params.get("after"), page_size=params["limit"], strict=True
+            )
+        except InvalidCursor:
+            raise exceptions.ValidationError({"after": ["Invalid cursor."]}) from None
         return Response(
             {
-                "results": EdiFileSerializer(files, many=True).data,
-                "next": next_cursor,
+                "results": EdiFileSerializer(page.items, many=True).data,
+                "next": page.next_cursor,
             }
         )
 
@@ -382,33 +381,3 @@ def _idempotency_key(request: Request) -> str:
             code="invalid_idempotency_key",
         )
     return key
-
-
-def _file_page(
-    *, cursor: str | None, page_size: int
-) -> tuple[list[EdiFile], str | None]:
-    """One page of the tenant's files, newest first, keyset-paged."""
-    files: QuerySet[EdiFile] = EdiFile.objects.order_by("-received_at", "-id")
-    if cursor:
-        files = files.filter(_after(cursor))
-    rows = list(files[: page_size + 1])
-    next_cursor = None
-    if len(rows) > page_size:
-        last = rows[page_size - 1]
-        next_cursor = encode_cursor([last.received_at.isoformat(), str(last.pk)])
-    return rows[:page_size], next_cursor
-
-
-def _after(cursor: str) -> Q:
-    invalid = exceptions.ValidationError({"after": ["Invalid cursor."]})
-    values = decode_cursor(cursor)
-    if values is None or len(values) != 2:
-        raise invalid
-    try:
-        received_at = datetime.fromisoformat(str(values[0]))
-        pk = uuid.UUID(str(values[1]))
-    except ValueError:
-        raise invalid from None
-    if received_at.tzinfo is None:
-        raise invalid
-    return Q(received_at__lt=received_at) | Q(received_at=received_at, id__lt=pk)

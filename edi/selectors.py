@@ -87,17 +87,27 @@ def edi_file_get(*, file_id: str | uuid.UUID) -> EdiFile:
     return edi_file
 
 
-def edi_file_page(*, cursor: str | None, page_size: int = PAGE_SIZE) -> Page[EdiFile]:
+class InvalidCursor(ValueError):
+    """A paging cursor that this selector did not write."""
+
+
+def edi_file_page(
+    *, cursor: str | None, page_size: int = PAGE_SIZE, strict: bool = False
+) -> Page[EdiFile]:
     """One page of the files of every channel, newest first (keyset paged).
 
-    A malformed cursor counts as none: the first page.
+    A malformed cursor counts as none (the first page), or with `strict`
+    (the API) raises `InvalidCursor`.
     """
     files: QuerySet[EdiFile] = EdiFile.objects.select_related(
         "uploaded_by", "token", "sftp_key"
     ).order_by("-received_at", "-id")
-    after = _after(cursor)
-    if after is not None:
-        files = files.filter(after)
+    if cursor:
+        after = _after(cursor)
+        if after is not None:
+            files = files.filter(after)
+        elif strict:
+            raise InvalidCursor(cursor)
     rows = list(files[: page_size + 1])
     next_cursor = None
     if len(rows) > page_size:
@@ -106,7 +116,7 @@ def edi_file_page(*, cursor: str | None, page_size: int = PAGE_SIZE) -> Page[Edi
     return Page(items=rows[:page_size], next_cursor=next_cursor)
 
 
-def _after(cursor: str | None) -> Q | None:
+def _after(cursor: str) -> Q | None:
     values = decode_cursor(cursor)
     if values is None or len(values) != 2:
         return None
