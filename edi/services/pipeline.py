@@ -76,6 +76,17 @@ LIMITS = {  # column -> the member field's max length
     "location": 200,
     "manager_employee_id": 128,
 }
+# The stage's columns as `validate` leaves them, and as `resolve` does.
+VALIDATED_COLUMNS = (
+    "line",
+    *CANONICAL,
+    "problem",
+    "email_norm",
+    "emp",
+    "vcodes",
+    "keyless",
+)
+RESOLVED_COLUMNS = (*VALIDATED_COLUMNS, "action", "seat_now", "manager_now")
 PLAIN_FIELDS = ("first_name", "last_name", "job_title", "department", "location")
 RESULT_COLUMNS = [
     "row_number",
@@ -357,21 +368,6 @@ class Run:
 
     # ------------------------------------------------------------ resolve
 
-    def _validated_columns(self, alias: str) -> str:
-        """The stage's columns as `validate` leaves them."""
-        return ", ".join(
-            f"{alias}.{c}"
-            for c in (
-                "line",
-                *CANONICAL,
-                "problem",
-                "email_norm",
-                "emp",
-                "vcodes",
-                "keyless",
-            )
-        )
-
     def resolve(self) -> None:
         """Each row's member (edi.md §2 identity rules), conflicts as codes.
 
@@ -385,7 +381,7 @@ class Run:
                                  WHEN q.member_id IS NULL THEN 'create'
                                  ELSE 'update' END AS action
                 FROM (
-                  SELECT {self._validated_columns("j")}, j.member_id,
+                  SELECT {_columns("j", VALIDATED_COLUMNS)}, j.member_id,
                          j.vcodes || array_remove(ARRAY[
                            CASE WHEN j.emp <> '' AND j.member_id IS NULL
                                  AND j.mail_id IS NOT NULL
@@ -407,7 +403,7 @@ class Run:
                                 WHEN k.member_id = k.mail_id THEN k.mail_manager
                            END AS manager_id
                     FROM (
-                      SELECT {self._validated_columns("v")},
+                      SELECT {_columns("v", VALIDATED_COLUMNS)},
                              me.id AS emp_id, me.role AS emp_role,
                              me.has_seat AS emp_seat, me.manager_id AS emp_manager,
                              ml.id AS mail_id, ml.role AS mail_role,
@@ -765,21 +761,7 @@ class Run:
                    AND m.employee_id <> ''"""
         else:
             manager = "w.manager_now"
-        columns = ", ".join(
-            f"r.{c}"
-            for c in (
-                "line",
-                *CANONICAL,
-                "problem",
-                "email_norm",
-                "emp",
-                "vcodes",
-                "keyless",
-                "action",
-                "seat_now",
-                "manager_now",
-            )
-        )
+        columns = _columns("r", RESOLVED_COLUMNS)
         self.rebuild(
             f"""WITH ids AS MATERIALIZED (
                   SELECT line, CASE WHEN action = 'create' THEN
@@ -970,6 +952,10 @@ class Run:
             path=media_dir() / name,
         )
         return name
+
+
+def _columns(alias: str, names: tuple[str, ...]) -> str:
+    return ", ".join(f"{alias}.{name}" for name in names)
 
 
 def _stored_email(column: str) -> str:
