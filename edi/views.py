@@ -64,6 +64,7 @@ from edi.services.spool import FileTooLarge, SpoolWriter, max_file_bytes
 from edi.services.tokens import edi_token_issue, edi_token_revoke
 from portal.db import current_schema
 from portal.errors import ApplicationError
+from portal.http import request_member, wants_json
 from portal.models import Member
 from portal.permissions import capability_required
 from tenants.services.platform import tenant_origin
@@ -77,16 +78,6 @@ def _size_label(size: int) -> str:
     if size >= 1 << 20 and size % (1 << 20) == 0:
         return f"{size >> 20}\xa0MB"
     return str(filesizeformat(size))
-
-
-def _member(request: HttpRequest) -> Member:
-    member: Member = request.member  # type: ignore[attr-defined]
-    return member
-
-
-def _wants_json(request: HttpRequest) -> bool:
-    accept = request.META.get("HTTP_ACCEPT", "")
-    return "application/json" in accept and "text/html" not in accept
 
 
 def _error_json(exc: ApplicationError) -> JsonResponse:
@@ -138,7 +129,7 @@ def _upload_refused(
             status=exc.status,
             details=exc.details,
         )
-    if _wants_json(request):
+    if wants_json(request):
         return _error_json(exc)
     if form is None:
         # The body may be unread (refused on its length) or half read:
@@ -218,11 +209,11 @@ def _file_upload_checked(
             original_name=handler.upload_name,
             mode=form.cleaned_data["mode"],
             dry_run=form.cleaned_data["dry_run"],
-            uploaded_by=_member(request),
+            uploaded_by=request_member(request),
         )
     except ApplicationError as exc:  # empty_file
         return _upload_refused(request, exc, form)
-    if _wants_json(request):
+    if wants_json(request):
         data = edi_file_progress(edi_file=edi_file)
         data["status_url"] = reverse(
             "edi:file-status", kwargs={"file_id": str(edi_file.pk)}
@@ -260,7 +251,7 @@ def _decide(
     request: HttpRequest, file_id: uuid.UUID, action: Any, done: str
 ) -> HttpResponse:
     try:
-        action(edi_file_id=file_id, by=_member(request))
+        action(edi_file_id=file_id, by=request_member(request))
     except ApplicationError as exc:
         if exc.status == 404:
             raise
@@ -342,7 +333,7 @@ def file_raw_view(request: HttpRequest, file_id: uuid.UUID) -> HttpResponseBase:
     edi_file = edi_file_get(file_id=file_id)
     if not edi_file_blob_available(edi_file=edi_file, name=edi_file.blob_name):
         return _gone(request, "The raw file was deleted after the retention period.")
-    chunks = edi_admin.edi_file_raw_open(edi_file=edi_file, by=_member(request))
+    chunks = edi_admin.edi_file_raw_open(edi_file=edi_file, by=request_member(request))
     return _download(chunks, _raw_name(edi_file))
 
 
@@ -432,7 +423,7 @@ def settings_action_view(request: HttpRequest, action: str) -> HttpResponseBase:
     """Every change on the settings page posts here; one service per action."""
     if action not in SECTIONS:
         return render(request, "404.html", status=404)
-    actor = _member(request)
+    actor = request_member(request)
     back = reverse("edi:settings") + "#" + SECTIONS[action]
     if action in FORM_CLASSES:
         form = FORM_CLASSES[action](request.POST)

@@ -20,6 +20,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from portal.errors import ApplicationError, NotFound
 from portal.forms import BulkForm, LoginForm, MemberCreateForm, MemberEditForm, RoleForm
+from portal.http import request_member
 from portal.middleware import client_ip
 from portal.models import Member
 from portal.permissions import (
@@ -56,11 +57,6 @@ from portal.services.exports import export_open
 from portal.services.member_export import member_export_request, member_export_stream
 
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
-
-
-def _member(request: HttpRequest) -> Member:
-    member: Member = request.member  # type: ignore[attr-defined]
-    return member
 
 
 def safe_next(request: HttpRequest, value: str | None) -> str:
@@ -142,7 +138,7 @@ def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
 
 @capability_required("dashboard.view")
 def dashboard_view(request: HttpRequest) -> HttpResponse:
-    member = _member(request)
+    member = request_member(request)
     if not can(member, "members.view"):
         return render(request, "portal/personal.html", {"seat": member.has_seat})
     return render(request, "portal/dashboard.html", dashboard_context(viewer=member))
@@ -152,7 +148,7 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
 def member_list_view(request: HttpRequest) -> HttpResponse:
     filters = MemberFilters.from_query(request.GET)
     page = member_list(filters=filters, cursor=request.GET.get("after"))
-    member = _member(request)
+    member = request_member(request)
     return render(
         request,
         "portal/members.html",
@@ -179,13 +175,13 @@ def member_export_view(request: HttpRequest) -> HttpResponseBase:
         # A background export is a write (a job, a file): POST with CSRF and
         # a one-time key, never a GET a link could trigger.
         job = member_export_request(
-            actor=_member(request),
+            actor=request_member(request),
             filters=MemberFilters.from_query(request.POST),
             idempotency_key=request.POST.get("idempotency_key", "")[:64],
         )
         return redirect("portal:job-detail", job_id=job.pk)
     filters = MemberFilters.from_query(request.GET)
-    lines = member_export_stream(actor=_member(request), filters=filters)
+    lines = member_export_stream(actor=request_member(request), filters=filters)
     if lines is None:
         return render(
             request,
@@ -218,7 +214,7 @@ def member_bulk_view(request: HttpRequest) -> HttpResponse:
         ids = data["ids"]
     try:
         outcome = member_bulk_request(
-            actor=_member(request),
+            actor=request_member(request),
             action=data["action"],
             member_ids=ids,
             params={"role": data.get("role") or "", "group": data.get("group") or ""},
@@ -246,7 +242,7 @@ def member_create_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             created = member_services.member_create(
-                actor=_member(request), **form.cleaned_data
+                actor=request_member(request), **form.cleaned_data
             )
         except ApplicationError as exc:
             form.add_error(None, exc.message)
@@ -263,7 +259,7 @@ def _member_or_404(member_id: int) -> Member:
 @capability_required("members.view")
 @require_http_methods(["GET", "POST"])
 def member_detail_view(request: HttpRequest, member_id: int) -> HttpResponse:
-    actor = _member(request)
+    actor = request_member(request)
     target = _member_or_404(member_id)
     may_edit = may_manage_member(actor, target)
     initial = {
@@ -318,7 +314,7 @@ MEMBER_ACTIONS = (
 def member_action_view(
     request: HttpRequest, member_id: int, action: str
 ) -> HttpResponse:
-    actor = _member(request)
+    actor = request_member(request)
     target = _member_or_404(member_id)
     if action not in MEMBER_ACTIONS:
         raise NotFound("Unknown action.")
@@ -370,7 +366,7 @@ def audit_export_view(request: HttpRequest) -> HttpResponse:
     filters = audit_filters_from_query(request.POST)
     try:
         job = audit_export_request(
-            actor=_member(request),
+            actor=request_member(request),
             filters=filters,
             idempotency_key=request.POST.get("idempotency_key", "")[:64],
         )
@@ -382,13 +378,13 @@ def audit_export_view(request: HttpRequest) -> HttpResponse:
 
 @capability_required("jobs.view")
 def job_detail_view(request: HttpRequest, job_id: str) -> HttpResponse:
-    job = job_get(job_id=job_id, viewer=_member(request))
+    job = job_get(job_id=job_id, viewer=request_member(request))
     return render(request, "portal/job.html", {"job": job})
 
 
 @capability_required("jobs.view")
 def job_download_view(request: HttpRequest, job_id: str) -> HttpResponseBase:
-    filename, chunks = export_open(job_id=job_id, actor=_member(request))
+    filename, chunks = export_open(job_id=job_id, actor=request_member(request))
     response = StreamingHttpResponse(chunks, content_type="text/csv; charset=utf-8")
     safe_name = (
         "".join(ch for ch in filename if ch.isalnum() or ch in "-_.") or "export.csv"

@@ -24,6 +24,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
 from portal.errors import ApplicationError
+from portal.http import request_member, wants_json
 from portal.middleware import client_ip
 from portal.models import Member
 from portal.permissions import capability_required, mark_signed_in, public_view
@@ -45,21 +46,11 @@ MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 NONCE_KEY = "sso_nonce"
 
 
-def _member(request: HttpRequest) -> Member:
-    member: Member = request.member  # type: ignore[attr-defined]
-    return member
-
-
-def _wants_json(request: HttpRequest) -> bool:
-    accept = request.META.get("HTTP_ACCEPT", "")
-    return "application/json" in accept and "text/html" not in accept
-
-
 def saml_error_response(request: HttpRequest, error: SamlError) -> HttpResponse:
     """The person's view of a refusal: the code and an event reference."""
     event_id = error.details.get("event_id")
     response: HttpResponse
-    if _wants_json(request):
+    if wants_json(request):
         response = JsonResponse(
             {
                 "error": {
@@ -88,7 +79,9 @@ def saml_error_response(request: HttpRequest, error: SamlError) -> HttpResponse:
 @capability_required("sso.view")
 def settings_view(request: HttpRequest) -> HttpResponse:
     return render(
-        request, "sso/settings.html", services.sso_page_context(viewer=_member(request))
+        request,
+        "sso/settings.html",
+        services.sso_page_context(viewer=request_member(request)),
     )
 
 
@@ -100,7 +93,7 @@ def _back(request: HttpRequest, section: str = "") -> HttpResponseRedirect:
 @require_POST
 def settings_action_view(request: HttpRequest, action: str) -> HttpResponseBase:
     """Every change on the SSO page posts here; one service call per action."""
-    actor = _member(request)
+    actor = request_member(request)
     handlers = {
         "metadata-upload": _metadata_upload,
         "metadata-url": _metadata_url,
@@ -224,7 +217,7 @@ def test_start_view(request: HttpRequest) -> HttpResponseBase:
         start = services.saml_login_start(
             next_path="/sso/",
             session_nonce=_nonce(request),
-            test_member_id=_member(request).pk,
+            test_member_id=request_member(request).pk,
         )
     except ApplicationError as exc:
         messages.error(request, exc.message)
@@ -234,7 +227,7 @@ def test_start_view(request: HttpRequest) -> HttpResponseBase:
 
 @capability_required("sso.edit")
 def test_result_view(request: HttpRequest, run_id: str) -> HttpResponse:
-    found = services.test_run_get(run_id=run_id, member=_member(request))
+    found = services.test_run_get(run_id=run_id, member=request_member(request))
     if found is None:
         return render(
             request,
@@ -254,7 +247,7 @@ def test_result_view(request: HttpRequest, run_id: str) -> HttpResponse:
 def link_reset_view(request: HttpRequest, member_id: int) -> HttpResponseBase:
     try:
         target = member_get(member_id=member_id)
-        services.sso_link_reset(member=target, actor=_member(request))
+        services.sso_link_reset(member=target, actor=request_member(request))
     except ApplicationError as exc:
         if exc.status == 403:
             return render(request, "403.html", {"message": exc.message}, status=403)
