@@ -134,6 +134,10 @@ class Held(Exception):
     pass
 
 
+class _RegularPath(Exception):
+    """The bulk path is not safe for this file (`Run._bulk_begin`)."""
+
+
 @audit_exempt("a test hook; writes nothing")
 def crash_point(name: str) -> None:
     """Kill this worker here when the test setting names this point (EDI-P14)."""
@@ -151,6 +155,7 @@ class Run:
     columns: tuple[str, ...] = ()
     unknown_columns: list[str] = field(default_factory=list)
     rows: int = 0
+    bulk: bool = False  # the first load's bulk path (`_bulk_begin`)
     _last_progress: float = 0.0
     _channel: DetachedProgress | None = None
 
@@ -457,13 +462,19 @@ class Run:
         )
         missing = (0, 0)
         if full:
-            missing = self.rows_of(
-                """SELECT count(*), count(*) FILTER (WHERE m.has_seat)
+            # Who the file leaves out, once: the preview's count and samples
+            # and the apply's deactivation read this table.
+            self.sql(
+                """CREATE TEMP TABLE {s}_gone ON COMMIT DROP AS
+                   SELECT m.id, m.email, m.employee_id, m.has_seat
                    FROM portal_member m
                    WHERE m.status <> 'deactivated' AND m.role <> %s
                      AND m.managed_by_edi
                      AND NOT EXISTS (SELECT 1 FROM {s} WHERE {s}.member_id = m.id)""",
                 [Role.OWNER],
+            )
+            missing = self.rows_of(
+                "SELECT count(*), count(*) FILTER (WHERE has_seat) FROM {s}_gone"
             )[0]
         explicit_revokes = 0
         if "seat" in self.columns:
@@ -499,12 +510,8 @@ class Run:
             ]
         if self.edi_file.mode == EdiMode.FULL:
             rows = self.rows_of(
-                """SELECT m.employee_id, m.email FROM portal_member m
-                   WHERE m.status <> 'deactivated' AND m.role <> %s
-                     AND m.managed_by_edi
-                     AND NOT EXISTS (SELECT 1 FROM {s} WHERE {s}.member_id = m.id)
-                   ORDER BY m.id LIMIT %s""",
-                [Role.OWNER, SAMPLES],
+                "SELECT employee_id, email FROM {s}_gone ORDER BY id LIMIT %s",
+                [SAMPLES],
             )
             out["deactivate"] = [{"employee_id": r[0], "email": r[1]} for r in rows]
         return out
@@ -567,7 +574,7 @@ class Run:
                        CASE WHEN seat_after THEN %s::timestamptz END,
                        manager_after, {role}, 'edi', true, %s, %s
                 FROM {{s}} s WHERE is_new ORDER BY line
-                ON CONFLICT DO NOTHING""",
+                {"" if self.bulk else "ON CONFLICT DO NOTHING"}""",
             [now, now, now],
         )
         if created < self._count("is_new"):
@@ -585,6 +592,12 @@ class Run:
                 else "m.manager_id"
             )
             self.sql(
+                """CREATE TEMP TABLE {s}_moved ON COMMIT DROP AS
+                   SELECT s.member_id AS planned, m.id AS actual
+                   FROM {s} s JOIN portal_member m ON lower(m.email) = s.email_norm
+                   WHERE s.is_new AND m.id <> s.member_id"""
+            )
+            self.sql(
                 f"""UPDATE {{s}} s SET member_id = m.id, is_new = false,
                        action = 'update', seat_now = m.has_seat,
                        manager_now = m.manager_id,
@@ -594,6 +607,17 @@ class Run:
                    FROM portal_member m
                    WHERE s.is_new AND lower(m.email) = s.email_norm
                      AND m.id <> s.member_id"""
+            )
+            # A link to a planned id that was never inserted (the rows
+            # just inserted, and the rows still to update) follows the
+            # person to the member they turned out to be.
+            self.sql(
+                """UPDATE {s} s SET manager_after = mv.actual FROM {s}_moved mv
+                   WHERE s.manager_after = mv.planned"""
+            )
+            self.sql(
+                """UPDATE portal_member m SET manager_id = mv.actual
+                   FROM {s}_moved mv WHERE m.manager_id = mv.planned"""
             )
         self._update_existing(now)
         if "groups" in self.columns:
@@ -623,18 +647,22 @@ class Run:
 
         When the file creates at least `BULK_MIN_CREATES` members and at
         least as many as the tenant has, the member and membership tables
-        are locked (`ACCESS EXCLUSIVE`, until the commit), their secondary
-        indexes and foreign keys dropped, and `_bulk_end` rebuilds them
-        after the writes: building an index is a sort, several times
-        cheaper than a million index insertions, and one validating join
-        replaces a deferred check per row at the commit. The drops are
-        part of the apply transaction, so a crash or an error rolls them
-        back with everything else; the unique indexes stay, so
-        `ON CONFLICT` still sees a member who arrived by SSO meanwhile.
+        are locked (`ACCESS EXCLUSIVE`, until the commit) and their
+        foreign keys, unique constraints and secondary indexes dropped;
+        `_bulk_end` rebuilds them after the writes. Building an index is a
+        sort, several times cheaper than a million index insertions, and
+        one validating join replaces a deferred check per row at the
+        commit. Under the lock nobody else writes members, so once no
+        planned new member collides with one who arrived (by SSO) since
+        the rows were resolved, the inserts need no `ON CONFLICT`; the
+        rebuilt unique indexes check it again. The drops are part of the
+        apply transaction: a crash or an error rolls them back with the
+        rest.
 
         If the lock is not granted within `BULK_LOCK_TIMEOUT` (someone is
-        reading members), or anything else refuses, the savepoint undoes
-        it and the file takes the regular path.
+        reading members), someone arrived meanwhile, or anything else
+        refuses, the savepoint undoes it all and the file takes the
+        regular path.
         """
         creates = self._count("is_new")
         if creates < BULK_MIN_CREATES:
@@ -655,22 +683,31 @@ class Run:
                 self.sql(
                     f"LOCK TABLE {', '.join(BULK_TABLES)} IN ACCESS EXCLUSIVE MODE"
                 )
+                if self.rows_of(
+                    """SELECT EXISTS (SELECT 1 FROM {s} s JOIN portal_member m
+                                      ON lower(m.email) = s.email_norm
+                                      WHERE s.is_new)
+                           OR EXISTS (SELECT 1 FROM {s} s JOIN portal_member m
+                                      ON m.employee_id = s.emp
+                                      WHERE s.is_new AND s.emp <> '')"""
+                )[0][0]:
+                    raise _RegularPath
                 plan = self.rows_of(
                     """SELECT format('ALTER TABLE %%s DROP CONSTRAINT %%I',
                                      c.conrelid::regclass, c.conname),
                               format('ALTER TABLE %%s ADD CONSTRAINT %%I %%s',
                                      c.conrelid::regclass, c.conname,
                                      pg_get_constraintdef(c.oid)),
-                              2 AS pass
+                              CASE c.contype WHEN 'f' THEN 3 ELSE 2 END AS pass
                        FROM pg_constraint c
-                       WHERE c.contype = 'f'
+                       WHERE c.contype IN ('f', 'u')
                          AND c.conrelid = ANY(%s::regclass[])
                        UNION ALL
                        SELECT format('DROP INDEX %%s', i.indexrelid::regclass),
                               pg_get_indexdef(i.indexrelid), 1
                        FROM pg_index i
                        WHERE i.indrelid = ANY(%s::regclass[])
-                         AND NOT i.indisunique AND NOT i.indisprimary
+                         AND NOT i.indisprimary
                          AND NOT EXISTS (SELECT 1 FROM pg_constraint c
                                          WHERE c.conindid = i.indexrelid
                                            AND c.contype IN ('p', 'u', 'x'))
@@ -679,11 +716,12 @@ class Run:
                 )
                 for drop, _restore, _pass in plan:
                     self.sql(drop)
-        except DatabaseError:
+        except (DatabaseError, _RegularPath):
             return []  # the regular path; the savepoint undid the drops
         finally:
             self.rows_of("SELECT set_config('lock_timeout', %s, true)", [timeout])
-        # Indexes first (pass 1), then the foreign keys (pass 2).
+        self.bulk = True
+        # Indexes first, then unique constraints, then the foreign keys.
         return [restore for _drop, restore, _pass in sorted(plan, key=lambda p: p[2])]
 
     def _bulk_end(self, restore: list[str]) -> None:
@@ -773,15 +811,8 @@ class Run:
         """Full files: deactivate the absent, free seats, end sessions (PORTAL-09)."""
         if self.edi_file.mode != EdiMode.FULL:
             return 0
-        self.sql(
-            """CREATE TEMP TABLE {s}_gone ON COMMIT DROP AS
-               SELECT m.id, m.email, m.employee_id, m.has_seat
-               FROM portal_member m
-               WHERE m.status <> 'deactivated' AND m.role <> %s
-                 AND m.managed_by_edi
-                 AND NOT EXISTS (SELECT 1 FROM {s} WHERE {s}.member_id = m.id)""",
-            [Role.OWNER],
-        )
+        # {s}_gone: who the file leaves out, as `impact` found them under
+        # the apply lock, in this transaction.
         gone = self.sql(
             """UPDATE portal_member m SET status = 'deactivated',
                    has_seat = false, seat_granted_at = NULL,
@@ -842,64 +873,64 @@ class Run:
         available = None if pool_limit is None else max(0, pool_limit - used + revoked)
         manager_joins = ""
         if "manager_employee_id" in self.columns:
-            wanted = "btrim(coalesce(w.manager_employee_id, ''))"
-            manager = f"""CASE WHEN w.action NOT IN ('create', 'update')
-                                 THEN w.manager_now
+            wanted = "btrim(coalesce(s.manager_employee_id, ''))"
+            manager = f"""CASE WHEN s.action NOT IN ('create', 'update')
+                                 THEN s.manager_now
                                WHEN {wanted} = '' THEN NULL
                                ELSE coalesce(f.mid, m.id, -1) END"""
             manager_joins = f"""
-                  LEFT JOIN keys f ON f.emp = {wanted}
+                  LEFT JOIN {{s}}_ids f
+                    ON f.keyed AND f.emp <> '' AND f.emp = {wanted}
                   LEFT JOIN portal_member m ON m.employee_id = {wanted}
                    AND m.employee_id <> ''"""
         else:
-            manager = "w.manager_now"
-        columns = _columns("r", RESOLVED_COLUMNS)
-        # The sequence is looked up once: pg_get_serial_sequence per row
-        # cost 4 s of a 1M-row first load.
+            manager = "s.manager_now"
+        # New members' ids, in file order, in a narrow table of their own:
+        # every join below builds its hash from narrow rows and streams the
+        # wide stage once (joining and sorting whole rows spilled a 1M-row
+        # file to disk). The sequence is looked up once, not per row.
         sequence = self.rows_of("SELECT pg_get_serial_sequence('portal_member', 'id')")[
             0
         ][0]
+        self.sql(
+            """CREATE TEMP TABLE {s}_ids ON COMMIT DROP AS
+               SELECT line, emp, action IN ('create', 'update') AS keyed,
+                      CASE WHEN action = 'create' THEN nextval(%s::regclass)
+                           ELSE member_id END AS mid
+               FROM {s} ORDER BY line""",
+            [sequence],
+        )
+        self.sql("ANALYZE {s}_ids")
+        wants = f"""s.action IN ('create', 'update') AND NOT s.seat_now
+                    AND ({explicit} OR ({blank} AND ({" OR ".join(rule_match)})))"""
         self.rebuild(
-            f"""WITH ids AS MATERIALIZED (
-                  SELECT line, CASE WHEN action = 'create' THEN
-                      nextval(%s::regclass)
-                      ELSE member_id END AS mid
-                  FROM {{s}} ORDER BY line),
-                keys AS MATERIALIZED (
-                  SELECT s.emp, ids.mid FROM {{s}} s JOIN ids USING (line)
-                  WHERE s.emp <> '' AND s.action IN ('create', 'update')),
-                w AS NOT MATERIALIZED (
-                  SELECT s.*, ids.mid,
-                         ({revokes}) AS revokes,
-                         (s.action IN ('create', 'update') AND NOT s.seat_now
-                          AND ({explicit} OR ({blank}
-                               AND ({" OR ".join(rule_match)})))) AS wants,
-                         ({explicit}) AS is_explicit
-                  FROM {{s}} s JOIN ids USING (line)),
-                ranked AS (
-                  -- Only the rows that want a seat, and narrow: sorting
-                  -- whole rows would spill a 1M-row file to disk.
-                  SELECT w.line, row_number() OVER (
-                           ORDER BY NOT w.is_explicit, w.line) AS rank
-                  FROM w WHERE w.wants),
-                r AS (
-                  SELECT w.*, {manager} AS manager_target, ranked.rank
-                  FROM w LEFT JOIN ranked ON ranked.line = w.line{manager_joins})
-                SELECT {columns}, r.mid AS member_id,
-                       (r.action = 'create') AS is_new,
-                       CASE WHEN r.revokes THEN false
-                            WHEN r.wants AND (%s::bigint IS NULL OR r.rank <= %s)
+            f"""SELECT {_columns("q", RESOLVED_COLUMNS)}, q.mid AS member_id,
+                       (q.action = 'create') AS is_new,
+                       CASE WHEN q.revokes THEN false
+                            WHEN q.wants AND (%s::bigint IS NULL OR q.rank <= %s)
                               THEN true
-                            ELSE r.seat_now END AS seat_after,
-                       CASE WHEN r.manager_target = -1 THEN r.manager_now
-                            ELSE r.manager_target END AS manager_after,
-                       r.codes || array_remove(ARRAY[
-                         CASE WHEN r.wants AND r.rank > %s
+                            ELSE q.seat_now END AS seat_after,
+                       CASE WHEN q.manager_target = -1 THEN q.manager_now
+                            ELSE q.manager_target END AS manager_after,
+                       q.codes || array_remove(ARRAY[
+                         CASE WHEN q.wants AND q.rank > %s
                               THEN 'SEAT_LIMIT_REACHED' END,
-                         CASE WHEN r.manager_target = -1
+                         CASE WHEN q.manager_target = -1
                               THEN 'MANAGER_UNKNOWN' END]::text[], NULL) AS codes
-                FROM r""",
-            [sequence, *params, available, available, available],
+                FROM (
+                  SELECT s.*, i.mid, ({revokes}) AS revokes,
+                         (ranked.line IS NOT NULL) AS wants, ranked.rank,
+                         {manager} AS manager_target
+                  FROM {{s}} s
+                  JOIN {{s}}_ids i ON i.line = s.line
+                  -- Only the rows that want a seat, and narrow.
+                  LEFT JOIN (
+                    SELECT s.line, row_number() OVER (
+                             ORDER BY NOT ({explicit}), s.line) AS rank
+                    FROM {{s}} s WHERE {wants}
+                  ) ranked ON ranked.line = s.line{manager_joins}
+                ) q""",
+            [available, available, available, *params],
             indexes=("member_id",),
             analyze=("line", "member_id", "action", "is_new"),
         )
@@ -911,31 +942,34 @@ class Run:
 
         Only the difference is written: memberships the file drops are
         deleted, new ones inserted; a file that changes nothing writes
-        nothing. A group named twice in one cell is inserted once (ON
-        CONFLICT), so the wanted pairs need no DISTINCT pass.
+        nothing. A group named twice in one cell is inserted once (the
+        pairs are sorted for the insert anyway, so DISTINCT is nearly
+        free); outside the bulk path ON CONFLICT also covers a concurrent
+        writer.
         """
-        cells = """FROM {s} s,
-                   unnest(string_to_array(coalesce(s.groups, ''), ';')) cell
-                   WHERE s.action <> 'error' AND btrim(cell) <> ''"""
+        # Each listed member's cells, split once for the names and the pairs.
         self.sql(
-            f"""INSERT INTO portal_membergroup (name, created_at)
-                SELECT DISTINCT ON (lower(n.name)) n.name, %s
-                FROM (SELECT DISTINCT left(btrim(cell), 200) AS name {cells}) n
-                WHERE NOT EXISTS (SELECT 1 FROM portal_membergroup g
-                                  WHERE lower(g.name) = lower(n.name))
-                ORDER BY lower(n.name), n.name
-                ON CONFLICT DO NOTHING""",
+            """CREATE TEMP TABLE {s}_cells ON COMMIT DROP AS
+               SELECT s.member_id, left(btrim(cell), 200) AS name
+               FROM {s} s,
+                    unnest(string_to_array(coalesce(s.groups, ''), ';')) cell
+               WHERE s.action <> 'error' AND btrim(cell) <> ''"""
+        )
+        self.sql(
+            """INSERT INTO portal_membergroup (name, created_at)
+               SELECT DISTINCT ON (lower(n.name)) n.name, %s
+               FROM (SELECT DISTINCT name FROM {s}_cells) n
+               WHERE NOT EXISTS (SELECT 1 FROM portal_membergroup g
+                                 WHERE lower(g.name) = lower(n.name))
+               ORDER BY lower(n.name), n.name
+               ON CONFLICT DO NOTHING""",
             [now],
         )
         self.sql(
             """CREATE TEMP TABLE {s}_want ON COMMIT DROP AS
-               SELECT s.member_id, g.id AS group_id
-               FROM {s} s
-               CROSS JOIN LATERAL
-                    unnest(string_to_array(coalesce(s.groups, ''), ';')) cell
-               JOIN portal_membergroup g
-                 ON lower(g.name) = lower(left(btrim(cell), 200))
-               WHERE s.action <> 'error' AND btrim(cell) <> ''"""
+               SELECT c.member_id, g.id AS group_id
+               FROM {s}_cells c
+               JOIN portal_membergroup g ON lower(g.name) = lower(c.name)"""
         )
         self.sql("ANALYZE {s}_want")
         self.sql(
@@ -948,14 +982,14 @@ class Run:
                      AND w.group_id = mg.membergroup_id)"""
         )
         self.sql(
-            """INSERT INTO portal_member_groups (member_id, membergroup_id)
-               SELECT w.member_id, w.group_id FROM {s}_want w
-               WHERE NOT EXISTS (
-                 SELECT 1 FROM portal_member_groups mg
-                 WHERE mg.member_id = w.member_id
-                   AND mg.membergroup_id = w.group_id)
-               ORDER BY w.member_id, w.group_id
-               ON CONFLICT DO NOTHING"""
+            f"""INSERT INTO portal_member_groups (member_id, membergroup_id)
+                SELECT DISTINCT w.member_id, w.group_id FROM {{s}}_want w
+                WHERE NOT EXISTS (
+                  SELECT 1 FROM portal_member_groups mg
+                  WHERE mg.member_id = w.member_id
+                    AND mg.membergroup_id = w.group_id)
+                ORDER BY w.member_id, w.group_id
+                {"" if self.bulk else "ON CONFLICT DO NOTHING"}"""
         )
 
     def _manager_cycles(self) -> None:

@@ -177,3 +177,31 @@ def test_a_table_in_use_sends_the_file_down_the_regular_path(
     finally:
         reader.rollback()
         reader.close()
+
+
+def test_someone_who_arrived_since_resolving_sends_it_down_the_regular_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A member created between the resolve and the lock (an SSO sign-in)
+    would collide with a planned insert: no bulk path, and that row
+    becomes an update of the newcomer."""
+    bulk_begin = pipeline.Run._bulk_begin
+
+    def arrive_first(self: pipeline.Run) -> list[str]:
+        Member.objects.create(email="Person7@corp.test", source="sso")
+        return bulk_begin(self)
+
+    monkeypatch.setattr(pipeline.Run, "_bulk_begin", arrive_first)
+    with CaptureQueriesContext(connection) as captured:
+        f = run_import(with_managers(ROWS))
+    assert f.status == EdiStatus.COMPLETED, f.errors
+    assert not took_bulk_path(captured)
+    assert f.counts["created"] == ROWS - 1
+    assert f.counts["updated"] == 1
+    person = Member.objects.get(email__iexact="person7@corp.test")
+    assert person.employee_id == "E7"
+    # Their reports point at them, not at the id planned for a new row.
+    assert Member.objects.get(employee_id="E75").manager_id == person.pk
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # every key holds
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
