@@ -47,7 +47,7 @@ from edi.models import AutoProvisionRule, EdiFile, EdiMode, EdiStatus
 from edi.services.notify import edi_file_notify
 from edi.services.parsing import CANONICAL, FileRejected, Problem, Reader
 from edi.services.receive import KEY_PURPOSE, edi_settings_get, media_dir, raw_blob_path
-from portal.csvio import csv_lines
+from portal.csvio import csv_blocks
 from portal.db import current_schema
 from portal.models import Job
 from portal.roles import Role
@@ -1067,9 +1067,9 @@ class Run:
         if raw is None or raw.autocommit:  # pragma: no cover - a caller's bug
             raise RuntimeError("A server-side cursor needs the apply transaction.")
         with raw.cursor(name=f"{self.table}_read") as cursor:
-            cursor.itersize = 5000
             cursor.execute(statement)  # type: ignore[arg-type]
-            yield from cursor
+            while batch := cursor.fetchmany(5000):
+                yield from batch
 
     def write_results(self) -> str:
         """Encrypt the results CSV into the tenant's media; returns its name."""
@@ -1077,9 +1077,7 @@ class Run:
         keyring_file_store(
             purpose=KEY_PURPOSE,
             file_id=name,
-            src=chunks_reader(
-                line.encode() for line in csv_lines(RESULT_COLUMNS, self.results_rows())
-            ),
+            src=chunks_reader(csv_blocks(RESULT_COLUMNS, self.results_rows())),
             path=media_dir() / name,
         )
         return name
