@@ -735,6 +735,10 @@ class Run:
         )
         for statement in restore:
             self.sql(statement)
+        # Statistics for the tables that just grew (several-fold): without
+        # them the next file's joins are planned for the empty tables. At
+        # the commit they are everyone's; autovacuum may come much later.
+        self.sql(f"ANALYZE {', '.join(BULK_TABLES)}")
 
     def _count(self, where: str) -> int:
         return int(self.rows_of(f"SELECT count(*) FROM {{s}} WHERE {where}")[0][0])
