@@ -19,11 +19,11 @@ One run per file, as the portal job `edi_import` (`edi.tasks`):
    admin (`held`). Approval sends the job again with `approved`; if the
    numbers grew since the admin saw them, the file is held again.
 5. **Apply**, in the same transaction: the plan (new ids, seats,
-   managers in one pass), insert,
-   update changed rows only, reactivate, deactivate the missing, seats,
-   groups, managers, end sessions, the results file, the audit event and
-   the final status. A rerun (a crash anywhere) starts again from the raw
-   file; a file already final is left alone.
+   managers in one pass), insert (a first load through the bulk path,
+   `Run._bulk_begin`), update changed rows only, reactivate, deactivate
+   the missing, seats, groups, managers, end sessions, the results file,
+   the audit event and the final status. A rerun (a crash anywhere)
+   starts again from the raw file; a file already final is left alone.
 
 The statements are the same for every file size (EDI-P2).
 """
