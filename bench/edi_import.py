@@ -13,7 +13,8 @@ in a fresh worker process exactly as the worker's task body runs it
 up (a running worker) until `completed` with the results written. Beside
 each, the floor: a bare `COPY` of the same CSV into an unindexed table.
 Between files, untimed, the member tables get the VACUUM ANALYZE that
-autovacuum would give them (when the server runs without it). The
+autovacuum would give them (when the server runs without it), and a
+CHECKPOINT. The
 worker's peak RSS (VmHWM) is printed per scenario; files are
 generated on disk, so nothing here holds a whole file. Timed with
 DEBUG=False.
@@ -133,7 +134,9 @@ def run_file(path: Path, url: str) -> tuple[float, float, object]:
 def settle() -> None:
     """Between files, untimed: what autovacuum does on a production server
     between nightly files (this machine's PostgreSQL runs with autovacuum
-    off, which would leave each scenario the last one's dead rows)."""
+    off, which would leave each scenario the last one's dead rows), and a
+    checkpoint, so one scenario's dirty pages are not written during the
+    next one's clock."""
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -142,6 +145,7 @@ def settle() -> None:
             cursor.execute(
                 "VACUUM ANALYZE portal_member, portal_member_groups, portal_membergroup"
             )
+        cursor.execute("CHECKPOINT")
 
 
 def peak_rss_mb() -> float:
