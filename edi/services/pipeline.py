@@ -893,9 +893,9 @@ class Run:
         # every join below builds its hash from narrow rows and streams the
         # wide stage once (joining and sorting whole rows spilled a 1M-row
         # file to disk). The sequence is looked up once, not per row.
-        sequence = self.rows_of("SELECT pg_get_serial_sequence('portal_member', 'id')")[
-            0
-        ][0]
+        [(sequence,)] = self.rows_of(
+            "SELECT pg_get_serial_sequence('portal_member', 'id')"
+        )
         self.sql(
             """CREATE TEMP TABLE {s}_ids ON COMMIT DROP AS
                SELECT line, emp, action IN ('create', 'update') AS keyed,
