@@ -14,9 +14,8 @@ up (a running worker) until `completed` with the results written. Beside
 each, the floor: a bare `COPY` of the same CSV into an unindexed table.
 Between files, untimed, the member tables get the VACUUM ANALYZE that
 autovacuum would give them (when the server runs without it), and a
-CHECKPOINT. The
-worker's peak RSS (VmHWM) is printed per scenario; files are
-generated on disk, so nothing here holds a whole file. Timed with
+CHECKPOINT. The worker's peak RSS (VmHWM) is printed per scenario; files
+are generated on disk, so nothing here holds a whole file. Timed with
 DEBUG=False.
 
 Targets (edi.md §5): 100k rows <= 10 s, 1M rows <= 60 s, RSS <= 250 MB.
