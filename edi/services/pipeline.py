@@ -555,7 +555,8 @@ class Run:
         counts.update(self._plan())
         if "manager_employee_id" in self.columns:
             self._manager_cycles()
-        restore = self._bulk_begin()
+        planned = self._count("is_new")
+        restore = self._bulk_begin(planned)
         # New members, with their seat and manager. ON CONFLICT: someone who
         # arrived by SSO a moment ago is the same person; such rows are
         # resolved to that member and updated below.
@@ -577,7 +578,7 @@ class Run:
                 {"" if self.bulk else "ON CONFLICT DO NOTHING"}""",
             [now, now, now],
         )
-        if created < self._count("is_new"):
+        if created < planned:
             # The people who arrived by SSO meanwhile: the planned row
             # becomes an update of that member, keeping what JIT gave them
             # unless the file says otherwise.
@@ -642,10 +643,10 @@ class Run:
         )
         return counts
 
-    def _bulk_begin(self) -> list[str]:
+    def _bulk_begin(self, creates: int) -> list[str]:
         """A first load's bulk path; returns what puts back what it dropped.
 
-        When the file creates at least `BULK_MIN_CREATES` members and at
+        When the file creates (`creates`) at least `BULK_MIN_CREATES` members and at
         least as many as the tenant has, the member and membership tables
         are locked (`ACCESS EXCLUSIVE`, until the commit) and their
         foreign keys, unique constraints and secondary indexes dropped;
@@ -664,7 +665,6 @@ class Run:
         refuses, the savepoint undoes it all and the file takes the
         regular path.
         """
-        creates = self._count("is_new")
         if creates < BULK_MIN_CREATES:
             return []
         existing = self.rows_of(

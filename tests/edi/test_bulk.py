@@ -136,6 +136,8 @@ def test_a_failure_after_the_drops_rolls_them_back(
     before = schema_shape()
 
     def broken(self: pipeline.Run, now: Any) -> None:
+        assert self.bulk
+        assert schema_shape() != before  # the drops happened
         raise RuntimeError("the groups step failed")
 
     monkeypatch.setattr(pipeline.Run, "_groups", broken)
@@ -187,9 +189,9 @@ def test_someone_who_arrived_since_resolving_sends_it_down_the_regular_path(
     becomes an update of the newcomer."""
     bulk_begin = pipeline.Run._bulk_begin
 
-    def arrive_first(self: pipeline.Run) -> list[str]:
+    def arrive_first(self: pipeline.Run, creates: int) -> list[str]:
         Member.objects.create(email="Person7@corp.test", source="sso")
-        return bulk_begin(self)
+        return bulk_begin(self, creates)
 
     monkeypatch.setattr(pipeline.Run, "_bulk_begin", arrive_first)
     with CaptureQueriesContext(connection) as captured:
