@@ -14,10 +14,20 @@ from pathlib import Path
 
 import pytest
 from django.contrib.sessions.models import Session
+from django.db import connection
 from django.utils import timezone
 from django_tenants.utils import tenant_context
 
-from portal.csvio import BOM, csv_blocks, csv_text, neutralise
+from portal.csvio import (
+    BOM,
+    csv_blocks,
+    csv_lines,
+    csv_sql_cell,
+    csv_sql_line,
+    csv_sql_own_cell,
+    csv_text,
+    neutralise,
+)
 from portal.errors import ApplicationError
 from portal.models import (
     AuditEvent,
@@ -743,6 +753,51 @@ def test_csv_blocks_are_the_same_csv_in_fewer_pieces():
     assert 10 < len(blocks) < 3000
     assert all(len(b) < 2 * 4096 for b in blocks)
     assert b"".join(blocks) == csv_text(["n", "a", "b"], rows).encode()
+
+
+HOSTILE_CELLS = [
+    '=HYPERLINK("http://x")',
+    "+1",
+    "-2",
+    "@SUM(A1)",
+    "\tx",
+    "\rx",
+    "\uff1d1",
+    "\uff0b1",
+    "\uff0d1",
+    "\uff20x",
+    'say "hi"',
+    '"',
+    "a,b",
+    "two\nlines",
+    "crlf\r\nin",
+    "caf\u00e9 \U0001f600",
+    "'=1",
+    "a=b",
+    "",
+    None,
+    "plain",
+]
+
+
+def test_csv_sql_cells_write_the_same_csv_as_python(db):
+    """The SQL form of the writer (for rows PostgreSQL formats) is
+    byte-for-byte the Python one, hostile cells included."""
+    rows = [[n, value, "unchanged"] for n, value in enumerate(HOSTILE_CELLS, 1)]
+    line = csv_sql_line(
+        [csv_sql_own_cell("n"), csv_sql_cell("v"), csv_sql_own_cell("'unchanged'")]
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {line} FROM unnest(%s::text[]) WITH ORDINALITY u(v, n) "  # noqa: S608
+            "ORDER BY n",
+            [HOSTILE_CELLS],
+        )
+        lines = [row[0] for row in cursor.fetchall()]
+    header = next(csv_lines(["n", "v", "outcome"], ()))
+    assert header + "".join(lines) == csv_text(["n", "v", "outcome"], rows)
+    parsed = list(csv.reader(io.StringIO("".join(lines), newline="")))
+    assert [r[1] for r in parsed] == [neutralise(v) for v in HOSTILE_CELLS]
 
 
 def test_only_csvio_makes_csv_writers():
