@@ -4,8 +4,9 @@ One run per file, as the portal job `edi_import` (`edi.tasks`):
 
 1. **Stage.** The raw file is decrypted as a stream, read by
    `edi.services.parsing.Reader` and sent with psycopg's `COPY` into a
-   session-local `TEMP` table. No Python structure holds all rows or all
-   keys. Each later step that derives columns rewrites the stage once
+   session-local `TEMP` table, whose generated columns derive the keys
+   and row codes as the rows arrive. No Python structure holds all rows or
+   all keys. Each later step that derives columns rewrites the stage once
    with `CREATE TABLE AS` (`Run.rebuild`) rather than an `UPDATE` per
    column, then analyzes the columns later joins use.
 2. **Validate** in SQL: row errors (codes per row), duplicate keys
@@ -72,6 +73,11 @@ TEMP_BUFFERS = "512MB"
 EMAIL_PATTERN = "^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$"
 PROGRESS_EVERY = 0.5  # seconds
 COPY_BATCH = 4000  # rows per COPY write
+# Manager loops (Run._manager_cycles): how far a walk up goes, and from how
+# many changed links per member one walk down is cheaper than a walk up
+# from each (a walk up visits a member once per level above it).
+CYCLE_WALK_MAX = 200
+CYCLE_WALK_DOWN_RATIO = 8
 RESULT_FETCH = 2000  # results lines per fetch and encrypted block
 LIMITS = {  # column -> the member field's max length
     "email": 254,
@@ -206,8 +212,8 @@ class Run:
             cursor.execute("RESET jit")
 
     def stage(self) -> None:
-        """COPY the file's rows into a session-local TEMP table (`validate`
-        rewrites it in one pass and analyzes the result)."""
+        """COPY the file's rows into a session-local TEMP table, which
+        derives the validation columns as they arrive (`_validated_columns`)."""
         size = max(1, self.edi_file.size)
         chunks = keyring_file_open(
             purpose=KEY_PURPOSE,
@@ -223,10 +229,14 @@ class Run:
         self.columns = header.columns
         self.unknown_columns = header.unknown
         cols = ", ".join(f"{c} text" for c in CANONICAL)
+        derived = ", ".join(
+            f"{name} {kind} GENERATED ALWAYS AS ({expression}) STORED"
+            for name, kind, expression in self._validated_columns()
+        )
         with connection.cursor() as cursor:
             cursor.execute(
                 f"CREATE TEMP TABLE {self.table} (line integer NOT NULL, "
-                f"{cols}, problem text)"
+                f"{cols}, problem text, {derived})"
             )
             copy_cols = ", ".join(["line", *self.columns, "problem"])
             with cursor.cursor.copy(  # type: ignore[attr-defined]
@@ -294,11 +304,19 @@ class Run:
         # the text columns costs more than the statements it informs.
         self.sql(f"ANALYZE {{s}} ({', '.join(analyze)})")
 
-    def validate(self, invalid_percent: int) -> None:
-        """Row codes, duplicate keys and the invalid ratio, all in SQL."""
+    def _validated_columns(self) -> list[tuple[str, str, str]]:
+        """The columns validation derives, as (name, type, expression).
+
+        They are generated columns of the stage, so PostgreSQL computes them
+        while the COPY arrives (its own process, beside the worker's
+        parsing) instead of in a pass that rewrites the stage. A generated
+        column cannot read another, so each spells out the keys.
+        """
+        email_norm = "lower(btrim(coalesce(email, '')))"
+        emp = "btrim(coalesce(employee_id, ''))"
         checks = [
             "problem",
-            f"CASE WHEN email_norm !~ '{EMAIL_PATTERN}' THEN 'EMAIL_INVALID' END",
+            f"CASE WHEN {email_norm} !~ '{EMAIL_PATTERN}' THEN 'EMAIL_INVALID' END",
         ]
         long_checks = " OR ".join(
             f"length({c}) > {n}" for c, n in LIMITS.items() if c in self.columns
@@ -315,14 +333,22 @@ class Run:
                 "CASE WHEN lower(admin_permission) NOT IN ('', 'admin', 'reporting') "
                 "THEN 'ADMIN_PERMISSION_INVALID' END"
             )
-        self.rebuild(
-            f"""SELECT v.*, array_remove(ARRAY[{", ".join(checks)}]::text[], NULL)
-                         AS vcodes,
-                       (v.emp = '' AND v.email_norm = '') AS keyless
-                FROM (SELECT r.*, lower(btrim(coalesce(r.email, ''))) AS email_norm,
-                             btrim(coalesce(r.employee_id, '')) AS emp
-                      FROM {{s}} r) v"""
-        )
+        return [
+            ("email_norm", "text", email_norm),
+            ("emp", "text", emp),
+            (
+                "vcodes",
+                "text[]",
+                f"array_remove(ARRAY[{', '.join(checks)}]::text[], NULL)",
+            ),
+            ("keyless", "boolean", f"({emp} = '' AND {email_norm} = '')"),
+        ]
+
+    def validate(self, invalid_percent: int) -> None:
+        """Row codes (computed by the stage, `_validated_columns`), duplicate
+        keys and the invalid ratio, all in SQL."""
+        # Only what later joins and filters plan with (see `rebuild`).
+        self.sql("ANALYZE {s} (line, emp, email_norm)")
         problems = self._duplicates()
         invalid = self.rows_of(
             "SELECT count(*) FROM {s} WHERE cardinality(vcodes) > 0"
@@ -576,7 +602,7 @@ class Run:
                 SELECT {values}, 'invited', seat_after,
                        CASE WHEN seat_after THEN %s::timestamptz END,
                        manager_after, {role}, 'edi', true, %s, %s
-                FROM {{s}} s WHERE is_new ORDER BY line
+                FROM {{s}} s WHERE is_new
                 {"" if self.bulk else "ON CONFLICT DO NOTHING"}""",
             [now, now, now],
         )
@@ -948,18 +974,19 @@ class Run:
 
         Only the difference is written: memberships the file drops are
         deleted, new ones inserted; a file that changes nothing writes
-        nothing. A group named twice in one cell is inserted once (the
-        pairs are sorted for the insert anyway, so DISTINCT is nearly
-        free); outside the bulk path ON CONFLICT also covers a concurrent
-        writer.
+        nothing. A directory has far fewer distinct group lists than
+        people, so each distinct cell is split and matched to its groups
+        once (a group named twice in it counts once), and the rows join
+        that small table. Outside the bulk path ON CONFLICT also covers a
+        concurrent writer.
         """
-        # Each listed member's cells, split once for the names and the pairs.
         self.sql(
             """CREATE TEMP TABLE {s}_cells ON COMMIT DROP AS
-               SELECT s.member_id, left(btrim(cell), 200) AS name
-               FROM {s} s,
-                    unnest(string_to_array(coalesce(s.groups, ''), ';')) cell
-               WHERE s.action <> 'error' AND btrim(cell) <> ''"""
+               SELECT c.cell, left(btrim(part), 200) AS name
+               FROM (SELECT DISTINCT groups AS cell FROM {s}
+                     WHERE action <> 'error' AND groups <> '') c,
+                    unnest(string_to_array(c.cell, ';')) part
+               WHERE btrim(part) <> ''"""
         )
         self.sql(
             """INSERT INTO portal_membergroup (name, created_at)
@@ -972,10 +999,17 @@ class Run:
             [now],
         )
         self.sql(
-            """CREATE TEMP TABLE {s}_want ON COMMIT DROP AS
-               SELECT c.member_id, g.id AS group_id
+            """CREATE TEMP TABLE {s}_cell_groups ON COMMIT DROP AS
+               SELECT DISTINCT c.cell, g.id AS group_id
                FROM {s}_cells c
                JOIN portal_membergroup g ON lower(g.name) = lower(c.name)"""
+        )
+        self.sql("ANALYZE {s}_cell_groups")
+        self.sql(
+            """CREATE TEMP TABLE {s}_want ON COMMIT DROP AS
+               SELECT s.member_id, s.is_new, cg.group_id
+               FROM {s} s JOIN {s}_cell_groups cg ON cg.cell = s.groups
+               WHERE s.action <> 'error'"""
         )
         self.sql("ANALYZE {s}_want")
         self.sql(
@@ -987,23 +1021,44 @@ class Run:
                    WHERE w.member_id = mg.member_id
                      AND w.group_id = mg.membergroup_id)"""
         )
+        # A member created by this file has no memberships yet, and one row
+        # per member (its own new id) makes its pairs distinct. A member
+        # that was there may be listed by two rows (two keys): DISTINCT.
+        # Outside the bulk path the pairs go in index order; the bulk path
+        # has no index to keep in order, nor one for ON CONFLICT.
         self.sql(
             f"""INSERT INTO portal_member_groups (member_id, membergroup_id)
+                SELECT member_id, group_id FROM {{s}}_want WHERE is_new
+                UNION ALL
                 SELECT DISTINCT w.member_id, w.group_id FROM {{s}}_want w
-                WHERE NOT EXISTS (
+                WHERE NOT w.is_new AND NOT EXISTS (
                   SELECT 1 FROM portal_member_groups mg
                   WHERE mg.member_id = w.member_id
                     AND mg.membergroup_id = w.group_id)
-                ORDER BY w.member_id, w.group_id
-                {"" if self.bulk else "ON CONFLICT DO NOTHING"}"""
+                {"" if self.bulk else "ORDER BY 1, 2 ON CONFLICT DO NOTHING"}"""
         )
 
     def _manager_cycles(self) -> None:
         """A changed link that would make a reporting loop keeps the old one
         (`MANAGER_CYCLE`): walk up from each changed link through the graph
         after the file; coming back to the member is a loop (a self-link
-        too)."""
-        self.sql(
+        too).
+
+        A loop needs a changed link, so a file that changes none skips all
+        of it. When many links change (a first load changes every one),
+        walking each to the top would visit every member once per level
+        above it; instead one walk down from the top (members without a
+        manager) finds everyone with a way up, and only the members left
+        over, those on or below a loop, are walked up.
+        """
+        changed = (
+            "s.manager_after IS NOT NULL "
+            "AND s.manager_after IS DISTINCT FROM s.manager_now"
+        )
+        [(links,)] = self.rows_of(f"SELECT count(*) FROM {{s}} s WHERE {changed}")
+        if not links:
+            return
+        members = self.sql(
             """CREATE TEMP TABLE {s}_edges ON COMMIT DROP AS
                SELECT s.member_id AS id, s.manager_after AS manager_id
                FROM {s} s WHERE s.member_id IS NOT NULL
@@ -1011,25 +1066,41 @@ class Run:
                SELECT m.id, m.manager_id FROM portal_member m
                WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE s.member_id = m.id)"""
         )
+        starts = f"SELECT s.member_id, s.manager_after FROM {{s}} s WHERE {changed}"
+        if links * CYCLE_WALK_DOWN_RATIO > members:
+            # UNION, not UNION ALL: a member listed twice (by two keys) has
+            # two links, and the walk must still end.
+            down = """WITH RECURSIVE down(id) AS (
+                        SELECT id FROM {s}_edges WHERE manager_id IS NULL
+                        UNION
+                        SELECT e.id FROM down
+                        JOIN {s}_edges e ON e.manager_id = down.id)"""
+            [(reached,)] = self.rows_of(f"{down} SELECT count(*) FROM down")
+            if reached == members:
+                return  # everyone has a way up: no loop
+            self.sql(
+                f"""CREATE TEMP TABLE {{s}}_loose ON COMMIT DROP AS {down}
+                    SELECT DISTINCT e.id FROM {{s}}_edges e
+                    WHERE NOT EXISTS (SELECT 1 FROM down WHERE down.id = e.id)"""
+            )
+            starts += " AND s.member_id IN (SELECT id FROM {s}_loose)"
         self.sql("CREATE INDEX ON {s}_edges (id)")
         self.sql("ANALYZE {s}_edges")
         self.sql(
-            """UPDATE {s} s SET codes = s.codes || 'MANAGER_CYCLE'::text,
+            f"""UPDATE {{s}} s SET codes = s.codes || 'MANAGER_CYCLE'::text,
                    manager_after = s.manager_now
-               FROM (
-                 WITH RECURSIVE walk(start, cur, depth) AS (
-                   SELECT s.member_id, s.manager_after, 1 FROM {s} s
-                   WHERE s.manager_after IS NOT NULL
-                     AND s.manager_after IS DISTINCT FROM s.manager_now
-                   UNION ALL
-                   SELECT walk.start, e.manager_id, walk.depth + 1
-                   FROM walk JOIN {s}_edges e ON e.id = walk.cur
-                   WHERE walk.cur <> walk.start AND e.manager_id IS NOT NULL
-                     AND walk.depth < 200
-                 )
-                 SELECT DISTINCT start FROM walk WHERE cur = start
-               ) loops
-               WHERE s.member_id = loops.start"""
+                FROM (
+                  WITH RECURSIVE walk(start, cur, depth) AS (
+                    SELECT member_id, manager_after, 1 FROM ({starts}) c
+                    UNION ALL
+                    SELECT walk.start, e.manager_id, walk.depth + 1
+                    FROM walk JOIN {{s}}_edges e ON e.id = walk.cur
+                    WHERE walk.cur <> walk.start AND e.manager_id IS NOT NULL
+                      AND walk.depth < {CYCLE_WALK_MAX}
+                  )
+                  SELECT DISTINCT start FROM walk WHERE cur = start
+                ) loops
+                WHERE s.member_id = loops.start"""
         )
 
     # ------------------------------------------------------------ results

@@ -256,6 +256,40 @@ def test_managers_link_and_unknown_or_loops_warn():
     assert Member.objects.get(employee_id="M1").manager is None
 
 
+@pytest.mark.parametrize("walk_down", [False, True], ids=["walk-up", "walk-down"])
+def test_manager_loops_in_one_file_keep_the_old_links(monkeypatch, walk_down):
+    """Both ways of finding loops (`Run._manager_cycles`) flag the same rows:
+    a self-link, a three-member loop and a two-member loop are refused; a
+    member below a loop and an ordinary chain keep their new managers."""
+    import edi.services.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "CYCLE_WALK_DOWN_RATIO", 10**6 if walk_down else 0)
+    f = run_import(
+        "employee_id,email,manager_employee_id\n"
+        "S1,s1@corp.test,S1\n"  # self
+        "L1,l1@corp.test,L3\nL2,l2@corp.test,L1\nL3,l3@corp.test,L2\n"  # loop of 3
+        "U1,u1@corp.test,L2\n"  # below the loop
+        "T1,t1@corp.test,T2\nT2,t2@corp.test,T1\n"  # loop of 2
+        "C1,c1@corp.test,\nC2,c2@corp.test,C1\nC3,c3@corp.test,C2\n"  # a chain
+    )
+    assert f.status == EdiStatus.COMPLETED, f.errors
+    flagged = {r["employee_id"] for r in results(f) if "MANAGER_CYCLE" in r["codes"]}
+    assert flagged == {"S1", "L1", "L2", "L3", "T1", "T2"}
+    managers = dict(Member.objects.values_list("employee_id", "manager__employee_id"))
+    assert {
+        k: managers[k] for k in ("S1", "L1", "L2", "L3", "T1", "T2")
+    } == dict.fromkeys(("S1", "L1", "L2", "L3", "T1", "T2"))
+    assert (managers["U1"], managers["C2"], managers["C3"]) == ("L2", "C1", "C2")
+    # A later file that closes a loop through members it does not list.
+    loop = run_import("employee_id,email,manager_employee_id\nC1,c1@corp.test,C3\n")
+    assert "MANAGER_CYCLE" in results(loop)[0]["codes"]
+    assert Member.objects.get(employee_id="C1").manager is None
+    # A file that changes no link skips the search and changes nothing.
+    same = run_import("employee_id,email,manager_employee_id\nC2,c2@corp.test,C1\n")
+    assert results(same)[0]["codes"] == ""
+    assert Member.objects.get(employee_id="C2").manager.employee_id == "C1"
+
+
 def test_formula_cells_are_stored_as_given_and_neutralised_in_results():
     f = run_import('employee_id,email,first_name\nF1,f@corp.test,"=HYPERLINK(""x"")"\n')
     assert Member.objects.get(employee_id="F1").first_name == '=HYPERLINK("x")'
