@@ -130,6 +130,8 @@ class _Lines:
         self._chunks = iter(chunks)
         self.number = 0  # the line last yielded
         self.bytes_read = 0
+        # A line longer than a field may be was read (so a field may be).
+        self.long_lines = False
         self._first = True
 
     def __iter__(self) -> Iterator[str]:
@@ -165,7 +167,10 @@ class _Lines:
             # One decode per chunk (the common case: valid UTF-8 and short
             # lines); per line only to name the offending line.
             block = ""
-            if max(map(len, lines)) <= MAX_LINE_BYTES:
+            longest = max(map(len, lines))
+            if longest > MAX_FIELD_CHARS:
+                self.long_lines = True
+            if longest <= MAX_LINE_BYTES:
                 try:
                     block = b"".join(lines).decode("utf-8")
                 except UnicodeDecodeError:
@@ -183,6 +188,8 @@ class _Lines:
             for raw in lines:
                 yield self._decode(raw)
         if pending:
+            if len(pending) > MAX_FIELD_CHARS:
+                self.long_lines = True
             yield self._decode(pending)
 
     def _check_start(self, chunk: bytes) -> bytes:
@@ -346,25 +353,17 @@ class Reader:
         # 8 % of the parse); itemgetter of one index returns the cell.
         pick = operator.itemgetter(*picks)
         single = len(picks) == 1
-        starts: list[int] = []
-        longest = [0]  # the longest physical line of the current record
-
-        def tracked() -> Iterator[str]:
-            for text in lines:
-                starts.append(self._lines.number)
-                if len(text) > longest[0]:
-                    longest[0] = len(text)
-                yield text
-
-        reader = csv.reader(tracked(), delimiter=header.delimiter, strict=False)
+        source = self._lines
+        reader = csv.reader(lines, delimiter=header.delimiter, strict=False)
+        before = source.number  # the lines read before the reader's first
+        done = 0  # the reader's lines up to the last record
         for cells in reader:
-            line = starts[0]
+            line = before + done + 1
             # A record read from more than one physical line has a quoted
             # field with a line break in it.
-            spans = len(starts) > 1
-            starts.clear()
-            if longest[0] > MAX_FIELD_CHARS or spans:
-                longest[0] = 0
+            spans = reader.line_num - done > 1
+            done = reader.line_num
+            if spans or source.long_lines:
                 for cell in cells:
                     if len(cell) > MAX_FIELD_CHARS:
                         raise FileRejected(
@@ -383,7 +382,7 @@ class Reader:
                                 line=line,
                             )
                         )
-            if not "".join(cells).strip():
+            if not cells or (not cells[0].strip() and not "".join(cells).strip()):
                 continue  # a blank line
             self.data_rows += 1
             if len(cells) != width:
@@ -398,7 +397,7 @@ class Reader:
                 )
                 continue
             picked = (pick(cells),) if single else pick(cells)
-            yield Row(line=line, values=tuple(map(str.strip, picked)))
+            yield Row(line, tuple(map(str.strip, picked)))
         if self.data_rows == 0:
             raise FileRejected(
                 Problem("NO_DATA_ROWS", "The file has a header but no data rows.")
