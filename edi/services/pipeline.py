@@ -12,14 +12,15 @@ One run per file, as the portal job `edi_import` (`edi.tasks`):
 2. **Validate** in SQL: row errors (codes per row), duplicate keys
    (file-level), the invalid-row ratio.
 3. From here one transaction holds the tenant's apply lock. **Resolve**
-   each row's member, then the **preview**: counts and up to 50 samples
+   each row's member (a new member's id is drawn here), then the
+   **preview**: counts and up to 50 samples
    per outcome, on the file. A dry run stops here (`validated`).
 4. **Hold** (EDI-P8): a full file that would deactivate, or any file that
    would revoke, more than the tenant's threshold of active members or
    seats, or a full file with a row without a usable key, waits for an
    admin (`held`). Approval sends the job again with `approved`; if the
    numbers grew since the admin saw them, the file is held again.
-5. **Apply**, in the same transaction: the plan (new ids, seats,
+5. **Apply**, in the same transaction: the plan (seats,
    managers in one pass), insert (a first load through the bulk path,
    `Run._bulk_begin`), update changed rows only, reactivate, deactivate
    the missing, seats, groups, managers, end sessions, the results file,
@@ -418,9 +419,22 @@ class Run:
         `employee_id` adopts the member with that email and no id. The
         row also carries its member's current seat and manager. Runs again
         under the apply lock, from the validated columns only.
+
+        A row that creates a member draws the new member's id here, in the
+        same pass (the plan's manager links need every new id; a separate
+        pass joining them back cost seconds at 1M rows). A file that is
+        held, only previewed, or fails leaves those numbers unused, as a
+        rolled-back insert does.
         """
+        [(sequence,)] = self.rows_of(
+            "SELECT pg_get_serial_sequence('portal_member', 'id')"
+        )
         self.rebuild(
-            f"""SELECT q.*, CASE WHEN q.codes && %s::text[] THEN 'error'
+            f"""SELECT {_columns("a", RESOLVED_COLUMNS)}, a.codes,
+                       CASE WHEN a.action = 'create' THEN nextval(%s::regclass)
+                            ELSE a.member_id END AS member_id
+                FROM (
+                SELECT q.*, CASE WHEN q.codes && %s::text[] THEN 'error'
                                  WHEN q.member_id IS NULL THEN 'create'
                                  ELSE 'update' END AS action
                 FROM (
@@ -463,8 +477,9 @@ class Run:
                         ON v.email_norm <> '' AND lower(ml.email) = v.email_norm
                     ) k
                   ) j
-                ) q""",
-            [sorted(ROW_ERRORS), Role.OWNER],
+                ) q
+                ) a""",
+            [sequence, sorted(ROW_ERRORS), Role.OWNER],
             indexes=("member_id",),
             analyze=("line", "emp", "email_norm", "member_id", "action"),
         )
@@ -864,7 +879,8 @@ class Run:
         return gone
 
     def _plan(self) -> dict[str, int]:
-        """One pass deciding each row's member id, seat and manager.
+        """One pass deciding each row's seat and manager (new members' ids
+        were drawn by `resolve`).
 
         Seats (edi.md §2): the file's revokes first, then grants within the
         limit: explicit `active` rows in file order, then rule grants, the
@@ -909,34 +925,18 @@ class Run:
             manager = f"""CASE WHEN s.action NOT IN ('create', 'update')
                                  THEN s.manager_now
                                WHEN {wanted} = '' THEN NULL
-                               ELSE coalesce(f.mid, m.id, -1) END"""
+                               ELSE coalesce(f.member_id, m.id, -1) END"""
             manager_joins = f"""
-                  LEFT JOIN {{s}}_ids f
-                    ON f.keyed AND f.emp <> '' AND f.emp = {wanted}
+                  LEFT JOIN {{s}} f ON f.action IN ('create', 'update')
+                   AND f.emp <> '' AND f.emp = {wanted}
                   LEFT JOIN portal_member m ON m.employee_id = {wanted}
                    AND m.employee_id <> ''"""
         else:
             manager = "s.manager_now"
-        # New members' ids, in file order, in a narrow table of their own:
-        # every join below builds its hash from narrow rows and streams the
-        # wide stage once (joining and sorting whole rows spilled a 1M-row
-        # file to disk). The sequence is looked up once, not per row.
-        [(sequence,)] = self.rows_of(
-            "SELECT pg_get_serial_sequence('portal_member', 'id')"
-        )
-        self.sql(
-            """CREATE TEMP TABLE {s}_ids ON COMMIT DROP AS
-               SELECT line, emp, action IN ('create', 'update') AS keyed,
-                      CASE WHEN action = 'create' THEN nextval(%s::regclass)
-                           ELSE member_id END AS mid
-               FROM {s} ORDER BY line""",
-            [sequence],
-        )
-        self.sql("ANALYZE {s}_ids")
         wants = f"""s.action IN ('create', 'update') AND NOT s.seat_now
                     AND ({explicit} OR ({blank} AND ({" OR ".join(rule_match)})))"""
         self.rebuild(
-            f"""SELECT {_columns("q", RESOLVED_COLUMNS)}, q.mid AS member_id,
+            f"""SELECT {_columns("q", RESOLVED_COLUMNS)}, q.member_id,
                        (q.action = 'create') AS is_new,
                        CASE WHEN q.revokes THEN false
                             WHEN q.wants AND (%s::bigint IS NULL OR q.rank <= %s)
@@ -950,11 +950,10 @@ class Run:
                          CASE WHEN q.manager_target = -1
                               THEN 'MANAGER_UNKNOWN' END]::text[], NULL) AS codes
                 FROM (
-                  SELECT s.*, i.mid, ({revokes}) AS revokes,
+                  SELECT s.*, ({revokes}) AS revokes,
                          (ranked.line IS NOT NULL) AS wants, ranked.rank,
                          {manager} AS manager_target
                   FROM {{s}} s
-                  JOIN {{s}}_ids i ON i.line = s.line
                   -- Only the rows that want a seat, and narrow.
                   LEFT JOIN (
                     SELECT s.line, row_number() OVER (
