@@ -913,28 +913,51 @@ class Run:
             params.append(groups)
         limit = self.rows_of('SELECT "limit" FROM portal_seatpool WHERE id = 1')
         pool_limit = limit[0][0] if limit else None
+        wants = f"""s.action IN ('create', 'update') AND NOT s.seat_now
+                    AND ({explicit} OR ({blank} AND ({" OR ".join(rule_match)})))"""
         # Seats in use once this file's deactivations (done) and revokes are.
-        used, revoked = self.rows_of(
+        used, revoked, wanting = self.rows_of(
             f"""SELECT (SELECT count(*) FROM portal_member WHERE has_seat),
-                       (SELECT count(*) FROM {{s}} s WHERE {revokes})"""
+                       (SELECT count(*) FROM {{s}} s WHERE {revokes}),
+                       (SELECT count(*) FROM {{s}} s WHERE {wants})""",
+            params,
         )[0]
         available = None if pool_limit is None else max(0, pool_limit - used + revoked)
+        if available is not None and wanting <= available:
+            available = None  # the limit does not bind: no order to decide
         manager_joins = ""
         if "manager_employee_id" in self.columns:
             wanted = "btrim(coalesce(s.manager_employee_id, ''))"
+            # The manager in the file, else a stored member, looked up
+            # (by the unique index) only for links the file does not hold:
+            # a full file holds nearly all, and hashing every stored member
+            # cost a second per million.
             manager = f"""CASE WHEN s.action NOT IN ('create', 'update')
                                  THEN s.manager_now
                                WHEN {wanted} = '' THEN NULL
-                               ELSE coalesce(f.member_id, m.id, -1) END"""
+                               ELSE coalesce(
+                                 f.member_id,
+                                 (SELECT m.id FROM portal_member m
+                                  WHERE m.employee_id = {wanted}
+                                    AND m.employee_id <> ''),
+                                 -1) END"""
             manager_joins = f"""
                   LEFT JOIN {{s}} f ON f.action IN ('create', 'update')
-                   AND f.emp <> '' AND f.emp = {wanted}
-                  LEFT JOIN portal_member m ON m.employee_id = {wanted}
-                   AND m.employee_id <> ''"""
+                   AND f.emp <> '' AND f.emp = {wanted}"""
         else:
             manager = "s.manager_now"
-        wants = f"""s.action IN ('create', 'update') AND NOT s.seat_now
-                    AND ({explicit} OR ({blank} AND ({" OR ".join(rule_match)})))"""
+        if available is None:
+            ranking = f"({wants}) AS wants, NULL::bigint AS rank"
+            ranked = ""
+        else:
+            # Only the rows that want a seat, and narrow.
+            ranking = "(ranked.line IS NOT NULL) AS wants, ranked.rank"
+            ranked = f"""
+                  LEFT JOIN (
+                    SELECT s.line, row_number() OVER (
+                             ORDER BY NOT ({explicit}), s.line) AS rank
+                    FROM {{s}} s WHERE {wants}
+                  ) ranked ON ranked.line = s.line"""
         self.rebuild(
             f"""SELECT {_columns("q", RESOLVED_COLUMNS)}, q.member_id,
                        (q.action = 'create') AS is_new,
@@ -950,16 +973,9 @@ class Run:
                          CASE WHEN q.manager_target = -1
                               THEN 'MANAGER_UNKNOWN' END]::text[], NULL) AS codes
                 FROM (
-                  SELECT s.*, ({revokes}) AS revokes,
-                         (ranked.line IS NOT NULL) AS wants, ranked.rank,
+                  SELECT s.*, ({revokes}) AS revokes, {ranking},
                          {manager} AS manager_target
-                  FROM {{s}} s
-                  -- Only the rows that want a seat, and narrow.
-                  LEFT JOIN (
-                    SELECT s.line, row_number() OVER (
-                             ORDER BY NOT ({explicit}), s.line) AS rank
-                    FROM {{s}} s WHERE {wants}
-                  ) ranked ON ranked.line = s.line{manager_joins}
+                  FROM {{s}} s{ranked}{manager_joins}
                 ) q""",
             [available, available, available, *params],
             indexes=("member_id",),

@@ -242,6 +242,36 @@ def test_seat_limit_serves_explicit_rows_then_rules_in_file_order():
     assert len(warned) == 4 - free
 
 
+@pytest.mark.parametrize("spare", [4, 3])
+def test_a_seat_limit_that_fits_everyone_grants_all_and_one_short_refuses_the_last(
+    spare,
+):
+    """Exactly enough seats: every row that wants one gets it (the ranking is
+    skipped); one fewer: the last in order (explicit rows, then rules, in
+    file order) gets `SEAT_LIMIT_REACHED`."""
+    used = Member.objects.filter(has_seat=True).count()
+    SeatPool.objects.update_or_create(id=1, defaults={"limit": used + spare})
+    AutoProvisionRule.objects.create(field="department", value="sales")
+    f = run_import(
+        HEADER
+        + "R1,r1@corp.test,,,Sales,,\n"
+        + "A1,a1@corp.test,,,Other,active,\n"
+        + "R2,r2@corp.test,,,Sales,,\n"
+        + "A2,a2@corp.test,,,Other,active,\n"
+        + "N1,n1@corp.test,,,Other,,\n"
+    )
+    seated = set(
+        Member.objects.filter(has_seat=True, employee_id__gt="").values_list(
+            "employee_id", flat=True
+        )
+    )
+    refused = {r["employee_id"] for r in results(f) if "SEAT_LIMIT" in r["codes"]}
+    if spare == 4:
+        assert (seated, refused) == ({"A1", "A2", "R1", "R2"}, set())
+    else:
+        assert (seated, refused) == ({"A1", "A2", "R1"}, {"R2"})
+
+
 def test_managers_link_and_unknown_or_loops_warn():
     f = run_import(
         "employee_id,email,manager_employee_id\n"
