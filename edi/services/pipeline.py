@@ -692,7 +692,8 @@ class Run:
         When the file creates (`creates`) at least `BULK_MIN_CREATES` members and at
         least as many as the tenant has, the member and membership tables
         are locked (`ACCESS EXCLUSIVE`, until the commit) and their
-        foreign keys, unique constraints and secondary indexes dropped;
+        foreign keys, unique constraints and secondary indexes dropped, and
+        a primary key that no foreign key points at (the memberships');
         `_bulk_end` rebuilds them after the writes. Building an index is a
         sort, several times cheaper than a million index insertions, and
         one validating join replaces a deferred check per row at the
@@ -743,7 +744,12 @@ class Run:
                                      pg_get_constraintdef(c.oid)),
                               CASE c.contype WHEN 'f' THEN 3 ELSE 2 END AS pass
                        FROM pg_constraint c
-                       WHERE c.contype IN ('f', 'u')
+                       WHERE (c.contype IN ('f', 'u')
+                              -- a primary key no foreign key points at
+                              OR (c.contype = 'p' AND NOT EXISTS (
+                                    SELECT 1 FROM pg_constraint r
+                                    WHERE r.contype = 'f'
+                                      AND r.confrelid = c.conrelid)))
                          AND c.conrelid = ANY(%s::regclass[])
                        UNION ALL
                        SELECT format('DROP INDEX %%s', i.indexrelid::regclass),

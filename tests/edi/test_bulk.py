@@ -92,6 +92,11 @@ def test_a_first_load_rebuilds_every_index_and_key_it_dropped() -> None:
     assert f.counts["created"] == ROWS
     assert took_bulk_path(captured)
     assert schema_shape() == before  # same names, definitions, all valid
+    # The memberships' primary key, which no key points at, was rebuilt too;
+    # the members' (pointed at from other tables) was kept.
+    dropped = [q["sql"] for q in captured.captured_queries if "DROP" in q["sql"]]
+    assert any("portal_member_groups_pkey" in sql for sql in dropped)
+    assert not any("portal_member_pkey" in sql for sql in dropped)
     e25 = Member.objects.get(employee_id="E25")
     assert e25.manager is not None
     assert e25.manager.employee_id == "E2"
