@@ -77,6 +77,9 @@ COPY_BATCH = 4000  # rows per COPY write
 # many changed links per member one walk down is cheaper than a walk up
 # from each (a walk up visits a member once per level above it).
 CYCLE_WALK_MAX = 200
+CHANGED_LINK = (
+    "s.manager_after IS NOT NULL AND s.manager_after IS DISTINCT FROM s.manager_now"
+)
 CYCLE_WALK_DOWN_RATIO = 8
 RESULT_FETCH = 2000  # results lines per fetch and encrypted block
 LIMITS = {  # column -> the member field's max length
@@ -595,10 +598,10 @@ class Run:
         """
         now = timezone.now()
         counts: dict[str, int] = {"deactivated": self._deactivate_missing(now)}
-        counts.update(self._plan())
-        if "manager_employee_id" in self.columns:
-            self._manager_cycles()
-        planned = self._count("is_new")
+        seats, planned, links = self._plan()
+        counts.update(seats)
+        if "manager_employee_id" in self.columns and links:
+            self._manager_cycles(links)
         restore = self._bulk_begin(planned)
         # New members, with their seat and manager. ON CONFLICT: someone who
         # arrived by SSO a moment ago is the same person; such rows are
@@ -728,12 +731,12 @@ class Run:
                     f"LOCK TABLE {', '.join(BULK_TABLES)} IN ACCESS EXCLUSIVE MODE"
                 )
                 if self.rows_of(
-                    """SELECT EXISTS (SELECT 1 FROM {s} s JOIN portal_member m
-                                      ON lower(m.email) = s.email_norm
-                                      WHERE s.is_new)
-                           OR EXISTS (SELECT 1 FROM {s} s JOIN portal_member m
-                                      ON m.employee_id = s.emp
-                                      WHERE s.is_new AND s.emp <> '')"""
+                    """SELECT EXISTS (
+                         SELECT 1 FROM {s} s WHERE s.is_new
+                           AND (s.email_norm IN (SELECT lower(email)
+                                                 FROM portal_member)
+                                OR s.emp IN (SELECT employee_id FROM portal_member
+                                             WHERE employee_id <> '')))"""
                 )[0][0]:
                     raise _RegularPath
                 plan = self.rows_of(
@@ -884,7 +887,7 @@ class Run:
         )
         return gone
 
-    def _plan(self) -> dict[str, int]:
+    def _plan(self) -> tuple[dict[str, int], int, int]:
         """One pass deciding each row's seat and manager (new members' ids
         were drawn by `resolve`).
 
@@ -893,6 +896,9 @@ class Run:
         rest `SEAT_LIMIT_REACHED`. Managers: the named manager in the file
         or stored; blank clears; unknown keeps the old link with
         `MANAGER_UNKNOWN`. Every grant holds the seat-pool lock.
+
+        Returns the seat counts, the members to create and the changed
+        manager links (`CHANGED_LINK`), counted in one scan.
         """
         self.sql("SELECT 1 FROM portal_seatpool WHERE id = 1 FOR UPDATE")
         has_seat = "seat" in self.columns
@@ -987,8 +993,13 @@ class Run:
             indexes=("member_id",),
             analyze=("line", "member_id", "action", "is_new"),
         )
-        granted = self._count("seat_after AND NOT seat_now")
-        return {"seats_granted": granted, "seats_revoked": revoked}
+        granted, planned, links = self.rows_of(
+            f"""SELECT count(*) FILTER (WHERE seat_after AND NOT seat_now),
+                       count(*) FILTER (WHERE is_new),
+                       count(*) FILTER (WHERE {CHANGED_LINK})
+                FROM {{s}} s"""
+        )[0]
+        return {"seats_granted": granted, "seats_revoked": revoked}, planned, links
 
     def _groups(self, now: Any) -> None:
         """The `groups` cell replaces each listed member's group list.
@@ -1059,26 +1070,20 @@ class Run:
                 {"" if self.bulk else "ORDER BY 1, 2 ON CONFLICT DO NOTHING"}"""
         )
 
-    def _manager_cycles(self) -> None:
+    def _manager_cycles(self, links: int) -> None:
         """A changed link that would make a reporting loop keeps the old one
         (`MANAGER_CYCLE`): walk up from each changed link through the graph
         after the file; coming back to the member is a loop (a self-link
         too).
 
-        A loop needs a changed link, so a file that changes none skips all
-        of it. When many links change (a first load changes every one),
-        walking each to the top would visit every member once per level
-        above it; instead one walk down from the top (members without a
-        manager) finds everyone with a way up, and only the members left
-        over, those on or below a loop, are walked up.
+        A loop needs a changed link (`links` of them, `CHANGED_LINK`), so a
+        file that changes none skips all of it. When many links change (a
+        first load changes every one), walking each to the top would visit
+        every member once per level above it; instead one walk down from
+        the top (members without a manager) finds everyone with a way up,
+        and only the members left over, those on or below a loop, are
+        walked up.
         """
-        changed = (
-            "s.manager_after IS NOT NULL "
-            "AND s.manager_after IS DISTINCT FROM s.manager_now"
-        )
-        [(links,)] = self.rows_of(f"SELECT count(*) FROM {{s}} s WHERE {changed}")
-        if not links:
-            return
         members = self.sql(
             """CREATE TEMP TABLE {s}_edges ON COMMIT DROP AS
                SELECT s.member_id AS id, s.manager_after AS manager_id
@@ -1087,7 +1092,9 @@ class Run:
                SELECT m.id, m.manager_id FROM portal_member m
                WHERE NOT EXISTS (SELECT 1 FROM {s} s WHERE s.member_id = m.id)"""
         )
-        starts = f"SELECT s.member_id, s.manager_after FROM {{s}} s WHERE {changed}"
+        starts = (
+            f"SELECT s.member_id, s.manager_after FROM {{s}} s WHERE {CHANGED_LINK}"
+        )
         if links * CYCLE_WALK_DOWN_RATIO > members:
             # UNION, not UNION ALL: a member listed twice (by two keys) has
             # two links, and the walk must still end.
