@@ -56,25 +56,6 @@ def csv_lines(header: list[str], rows: Iterable[Iterable[Any]]) -> Iterator[str]
         yield line.value
 
 
-def csv_blocks(
-    header: list[str], rows: Iterable[Iterable[Any]], *, size: int = 1 << 16
-) -> Iterator[bytes]:
-    """The same CSV as `csv_lines`, UTF-8 encoded in blocks of about `size`
-    bytes: for files, where a write (or an encryption) per line costs more
-    than the line."""
-    block: list[str] = []
-    length = 0
-    for line in csv_lines(header, rows):
-        block.append(line)
-        length += len(line)
-        if length >= size:
-            yield "".join(block).encode()
-            block.clear()
-            length = 0
-    if block:
-        yield "".join(block).encode()
-
-
 def csv_sql_cell(expression: str) -> str:
     """One cell exactly as `csv_lines` writes it, as a SQL expression over
     `expression` (any type; NULL is an empty cell): neutralised with the

@@ -792,9 +792,6 @@ class Run:
         # the commit they are everyone's; autovacuum may come much later.
         self.sql(f"ANALYZE {', '.join(BULK_TABLES)}")
 
-    def _count(self, where: str) -> int:
-        return int(self.rows_of(f"SELECT count(*) FROM {{s}} WHERE {where}")[0][0])
-
     def _role_sql(self, current: str) -> str:
         """The role a row asks for (admin_permission), given the current one."""
         if "admin_permission" not in self.columns:

@@ -20,7 +20,6 @@ from django_tenants.utils import tenant_context
 
 from portal.csvio import (
     BOM,
-    csv_blocks,
     csv_lines,
     csv_sql_cell,
     csv_sql_line,
@@ -745,14 +744,6 @@ def test_csv_text_quotes_all_and_neutralises_header():
 CSV_WRITER = re.compile(
     r"\bcsv\s*\.\s*(writer|DictWriter)\s*\(|from\s+csv\s+import[^\n]*\bwriter\b"
 )
-
-
-def test_csv_blocks_are_the_same_csv_in_fewer_pieces():
-    rows = [[i, "=1+1", "caf\u00e9"] for i in range(3000)]
-    blocks = list(csv_blocks(["n", "a", "b"], rows, size=4096))
-    assert 10 < len(blocks) < 3000
-    assert all(len(b) < 2 * 4096 for b in blocks)
-    assert b"".join(blocks) == csv_text(["n", "a", "b"], rows).encode()
 
 
 HOSTILE_CELLS = [
