@@ -219,24 +219,32 @@ def test_admin_permission_grants_and_blank_removes():
     assert Member.objects.get(employee_id="A1").role == Role.MEMBER
 
 
-def test_seat_limit_serves_explicit_rows_then_rules_in_file_order():
-    SeatPool.objects.update_or_create(id=1, defaults={"limit": 3})
-    AutoProvisionRule.objects.create(field="department", value="sales")
-    used = Member.objects.filter(has_seat=True).count()
-    f = run_import(
-        HEADER
-        + "R1,r1@corp.test,,,Sales,,\n"
-        + "A1,a1@corp.test,,,Other,active,\n"
-        + "R2,r2@corp.test,,,Sales,,\n"
-        + "A2,a2@corp.test,,,Other,active,\n"
-        + "N1,n1@corp.test,,,Other,,\n"
-    )
-    free = 3 - used
-    seated = set(
+# Two rule grants (Sales) and two explicit ones, interleaved, and one neither.
+SEAT_FILE = (
+    HEADER
+    + "R1,r1@corp.test,,,Sales,,\n"
+    + "A1,a1@corp.test,,,Other,active,\n"
+    + "R2,r2@corp.test,,,Sales,,\n"
+    + "A2,a2@corp.test,,,Other,active,\n"
+    + "N1,n1@corp.test,,,Other,,\n"
+)
+
+
+def seated_ids() -> set[str]:
+    return set(
         Member.objects.filter(has_seat=True, employee_id__gt="").values_list(
             "employee_id", flat=True
         )
     )
+
+
+def test_seat_limit_serves_explicit_rows_then_rules_in_file_order():
+    SeatPool.objects.update_or_create(id=1, defaults={"limit": 3})
+    AutoProvisionRule.objects.create(field="department", value="sales")
+    used = Member.objects.filter(has_seat=True).count()
+    f = run_import(SEAT_FILE)
+    free = 3 - used
+    seated = seated_ids()
     assert seated == {"A1", "A2", "R1", "R2"} & set(["A1", "A2", "R1", "R2"][:free])
     warned = [r["employee_id"] for r in results(f) if "SEAT_LIMIT" in r["codes"]]
     assert len(warned) == 4 - free
@@ -252,19 +260,8 @@ def test_a_seat_limit_that_fits_everyone_grants_all_and_one_short_refuses_the_la
     used = Member.objects.filter(has_seat=True).count()
     SeatPool.objects.update_or_create(id=1, defaults={"limit": used + spare})
     AutoProvisionRule.objects.create(field="department", value="sales")
-    f = run_import(
-        HEADER
-        + "R1,r1@corp.test,,,Sales,,\n"
-        + "A1,a1@corp.test,,,Other,active,\n"
-        + "R2,r2@corp.test,,,Sales,,\n"
-        + "A2,a2@corp.test,,,Other,active,\n"
-        + "N1,n1@corp.test,,,Other,,\n"
-    )
-    seated = set(
-        Member.objects.filter(has_seat=True, employee_id__gt="").values_list(
-            "employee_id", flat=True
-        )
-    )
+    f = run_import(SEAT_FILE)
+    seated = seated_ids()
     refused = {r["employee_id"] for r in results(f) if "SEAT_LIMIT" in r["codes"]}
     if spare == 4:
         assert (seated, refused) == ({"A1", "A2", "R1", "R2"}, set())
