@@ -486,6 +486,18 @@ class Run:
             indexes=("member_id",),
             analyze=("line", "emp", "email_norm", "member_id", "action"),
         )
+        # A row keyed by its email alone that finds the member another row
+        # of the file keys by employee_id: the employee_id is the key
+        # (edi.md §2), so that row fails rather than both updating the
+        # same person in an undefined order.
+        self.sql(
+            """UPDATE {s} s SET codes = s.codes || 'IDENTITY_CONFLICT'::text,
+                   action = 'error'
+               WHERE s.emp = '' AND s.action = 'update'
+                 AND EXISTS (SELECT 1 FROM {s} o
+                             WHERE o.member_id = s.member_id AND o.emp <> ''
+                               AND o.line <> s.line)"""
+        )
 
     # ------------------------------------------------------------ preview
 

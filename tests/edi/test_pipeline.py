@@ -199,6 +199,29 @@ def test_email_of_someone_else_is_a_row_error(make_member):
     assert "IDENTITY_CONFLICT" in row["codes"]
 
 
+@pytest.mark.parametrize("order", ["id-row-first", "email-row-first"])
+def test_a_row_keyed_by_email_cannot_take_a_member_another_row_keys_by_id(
+    make_member, order
+):
+    """Both rows would name one person: the employee_id is the key, so its
+    row updates the member and the email-only row fails, in either order."""
+    member = make_member(Role.MEMBER, email="old@corp.test", employee_id="K1")
+    rows = ["K1,new@corp.test,Kim", ",old@corp.test,Other"]
+    if order == "email-row-first":
+        rows.reverse()
+    f = run_import("employee_id,email,first_name\n" + "\n".join(rows) + "\n")
+    assert f.status == EdiStatus.COMPLETED, f.errors
+    id_row, email_row = ("2", "3") if order == "id-row-first" else ("3", "2")
+    outcomes = {r["row_number"]: (r["outcome"], r["codes"]) for r in results(f)}
+    assert outcomes == {
+        id_row: ("updated", ""),
+        email_row: ("error", "IDENTITY_CONFLICT"),
+    }
+    member.refresh_from_db()
+    assert (member.email, member.first_name) == ("new@corp.test", "Kim")
+    assert not Member.objects.filter(email__iexact="old@corp.test").exists()
+
+
 def test_the_owner_is_never_touched(tenant_owner):
     f = run_import(
         f"email,first_name,admin_permission\n{tenant_owner.email},Changed,\n"
