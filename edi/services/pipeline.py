@@ -77,10 +77,11 @@ COPY_BATCH = 4000  # rows per COPY write
 # many changed links per member one walk down is cheaper than a walk up
 # from each (a walk up visits a member once per level above it).
 CYCLE_WALK_MAX = 200
+CYCLE_WALK_DOWN_RATIO = 8
+# A stage row whose manager link the file changes.
 CHANGED_LINK = (
     "s.manager_after IS NOT NULL AND s.manager_after IS DISTINCT FROM s.manager_now"
 )
-CYCLE_WALK_DOWN_RATIO = 8
 RESULT_FETCH = 2000  # results lines per fetch and encrypted block
 LIMITS = {  # column -> the member field's max length
     "email": 254,
