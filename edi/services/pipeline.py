@@ -47,7 +47,7 @@ from django.utils import timezone
 
 from edi.models import AutoProvisionRule, EdiFile, EdiMode, EdiStatus
 from edi.services.notify import edi_file_notify
-from edi.services.parsing import CANONICAL, FileRejected, Problem, Reader
+from edi.services.parsing import CANONICAL, Batch, FileRejected, Problem, Reader
 from edi.services.receive import KEY_PURPOSE, edi_settings_get, media_dir, raw_blob_path
 from portal.csvio import csv_lines, csv_sql_cell, csv_sql_line, csv_sql_own_cell
 from portal.db import current_schema
@@ -225,10 +225,10 @@ class Run:
             path=raw_blob_path(self.edi_file),
         )
         reader = Reader(chunks)
-        rows = reader.rows()
-        first = next(rows)  # reads the header, or raises FileRejected
+        batches = reader.batches(COPY_BATCH)
+        first = next(batches)  # reads the header, or raises FileRejected
         header = reader.header
-        if header is None:  # pragma: no cover - rows() sets it or raises
+        if header is None:  # pragma: no cover - batches() sets it or raises
             raise FileRejected(Problem("NO_DATA_ROWS", "The file is empty."))
         self.columns = header.columns
         self.unknown_columns = header.unknown
@@ -246,26 +246,10 @@ class Run:
             with cursor.cursor.copy(  # type: ignore[attr-defined]
                 f"COPY {self.table} ({copy_cols}) FROM STDIN"
             ) as copy:
-                lines: list[str] = []
-                rows_of_lines: list[Any] = []
-                blank = ("",) * len(self.columns)
-                tab = "\t"
-                null = "\\N"
-                for row in _chain(first, rows):
-                    line, values, problem = row
-                    code = problem.code if problem else null
-                    lines.append(f"{line}\t{tab.join(values or blank)}\t{code}")
-                    rows_of_lines.append(row)
-                    if len(lines) >= COPY_BATCH:
-                        copy.write(_copy_block(lines, rows_of_lines, len(blank)))
-                        lines.clear()
-                        rows_of_lines.clear()
-                        crash_point("parsing")
-                        self.progress(
-                            "parsing", min(40, 40 * reader.bytes_read // size)
-                        )
-                if lines:
-                    copy.write(_copy_block(lines, rows_of_lines, len(blank)))
+                for batch in _chain(first, batches):
+                    copy.write(_copy_block(batch, len(self.columns)))
+                    crash_point("parsing")
+                    self.progress("parsing", min(40, 40 * reader.bytes_read // size))
         self.rows = reader.data_rows
         self.progress("validating", 40, force=True)
 
@@ -1276,30 +1260,33 @@ def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
-def _copy_block(lines: list[str], rows: list[Any], width: int) -> str:
-    """`lines` (one per row: the line number, the `width` values and the
-    problem code, tab-separated) as a block of COPY's text format.
+def _copy_block(batch: Batch, width: int) -> str:
+    """`batch` (rows of `width` values) as a block of COPY's text format:
+    the line number, the values and the problem code, tab-separated.
 
-    Checked per block, in C: a block with exactly the expected tabs and
-    line ends, no CR and no backslash but those of the `\\N` (no problem)
-    that end lines needs no escaping, which is nearly every block;
-    otherwise it is written again from `rows`, escaped.
+    Written in C (`map`) and checked per block: a block with exactly the
+    expected tabs and line ends, no CR and no backslash but those of the
+    `\\N` (no problem) that end lines needs no escaping, which is nearly
+    every block; otherwise it is written again, escaped.
     """
-    text = "\n".join(lines) + "\n"
+    tab = "\t"
+    codes = ["\\N"] * len(batch.lines)
+    for index, problem in batch.problems.items():
+        codes[index] = problem.code
+    text = "".join(
+        map("{}\t{}\t{}\n".format, batch.lines, map(tab.join, batch.values), codes)
+    )
+    rows = len(batch.lines)
     if (
-        text.count("\t") == len(lines) * (width + 1)
-        and text.count("\n") == len(lines)
+        text.count("\t") == rows * (width + 1)
+        and text.count("\n") == rows
         and "\r" not in text
         and text.count("\\") == text.count("\t\\N\n")
     ):
         return text
-    blank = ("",) * width
-    tab = "\t"
-    null = "\\N"
     return "".join(
-        f"{line}\t{tab.join(map(_copy_text, values or blank))}\t"
-        f"{problem.code if problem else null}\n"
-        for line, values, problem in rows
+        f"{line}\t{tab.join(map(_copy_text, cells))}\t{code}\n"
+        for line, cells, code in zip(batch.lines, batch.values, codes, strict=True)
     )
 
 

@@ -56,22 +56,13 @@ def test_a_quoted_line_break_is_refused_on_its_first_line():
 
 
 def test_copy_blocks_escape_only_when_a_value_needs_it():
-    from edi.services.parsing import Problem, Row
+    from edi.services.parsing import Batch, Problem
     from edi.services.pipeline import _copy_block
 
-    def block(rows: list[Row]) -> str:
-        lines = [
-            f"{r.line}\t{chr(9).join(r.values or ())}\t"
-            f"{r.problem.code if r.problem else chr(92) + 'N'}"
-            for r in rows
-        ]
-        return _copy_block(lines, rows, 2)
-
-    clean = [
-        Row(2, ("a@corp.test", "A")),
-        Row(3, ("b@corp.test", "B"), Problem("X", "x")),
-    ]
-    assert block(clean) == "2\ta@corp.test\tA\t\\N\n3\tb@corp.test\tB\tX\n"
+    clean = Batch(
+        [2, 3], [("a@corp.test", "A"), ("b@corp.test", "B")], {1: Problem("X", "x")}
+    )
+    assert _copy_block(clean, 2) == "2\ta@corp.test\tA\t\\N\n3\tb@corp.test\tB\tX\n"
     for value, escaped in [
         ("tab\there", "tab\\there"),
         ("back\\slash", "back\\\\slash"),
@@ -79,5 +70,47 @@ def test_copy_blocks_escape_only_when_a_value_needs_it():
         ("line\nbreak", "line\\nbreak"),
         ("carriage\rreturn", "carriage\\rreturn"),
     ]:
-        rows = [*clean, Row(4, ("c@corp.test", value))]
-        assert block(rows).endswith(f"4\tc@corp.test\t{escaped}\t\\N\n"), value
+        batch = Batch(
+            [*clean.lines, 4], [*clean.values, ("c@corp.test", value)], clean.problems
+        )
+        block = _copy_block(batch, 2)
+        assert block.startswith("2\ta@corp.test\tA\t\\N\n3\tb@corp.test\tB\tX\n")
+        assert block.endswith(f"4\tc@corp.test\t{escaped}\t\\N\n"), value
+
+
+@pytest.mark.parametrize(
+    "odd", ["\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+)
+def test_other_unicode_line_boundaries_are_data_not_line_ends(odd):
+    """str.splitlines would end a line at these; the whitelist is CR, LF and
+    CRLF, so they stay inside the value (and the lines keep their numbers)."""
+    data = f"email,first_name\na@corp.test,A{odd}B\nb@corp.test,C\n".encode()
+    expected = [(2, ("a@corp.test", f"A{odd}B")), (3, ("b@corp.test", "C"))]
+    assert read(data, chunk=1 << 16) == expected
+    assert read(data) == expected
+
+
+def test_batches_of_any_size_hold_the_same_rows():
+    lines = ["email,first_name", "", "a@corp.test,A", "x@corp.test", " , "]
+    lines += [f"p{i}@corp.test,P{i}" for i in range(50)] + ["", "z@corp.test,Z"]
+    data = ("\r\n".join(lines) + "\r\n").encode()
+
+    def rows(size: int) -> list[tuple[int, tuple[str, ...], str | None]]:
+        reader = Reader([data[i : i + 13] for i in range(0, len(data), 13)])
+        return [
+            (line, values, batch.problems[i].code if i in batch.problems else None)
+            for batch in reader.batches(size)
+            for i, (line, values) in enumerate(
+                zip(batch.lines, batch.values, strict=True)
+            )
+        ]
+
+    one = rows(1)
+    assert one == rows(7) == rows(4000)
+    assert one[:3] == [
+        (3, ("a@corp.test", "A"), None),
+        (4, ("x@corp.test", ""), "ROW_MALFORMED"),
+        (6, ("p0@corp.test", "P0"), None),
+    ]
+    assert one[-1] == (57, ("z@corp.test", "Z"), None)
+    assert len(one) == 53
