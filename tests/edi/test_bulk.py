@@ -112,6 +112,30 @@ def test_a_first_load_rebuilds_every_index_and_key_it_dropped() -> None:
         cursor.execute("ROLLBACK TO SAVEPOINT fk")
 
 
+def test_the_bulk_paths_memberships_take_ids_the_sequence_then_skips() -> None:
+    """The bulk path numbers the pairs itself, under its lock: consecutive
+    ids from the sequence's next one, and the sequence moved past them, so
+    the next membership anyone adds gets a fresh id."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('portal_member_groups', 'id'))"
+        )
+        [(before,)] = cursor.fetchall()
+    with CaptureQueriesContext(connection) as captured:
+        f = run_import(with_managers(ROWS))
+    assert f.status == EdiStatus.COMPLETED, f.errors
+    assert took_bulk_path(captured)
+    through = Member.groups.through
+    ids = sorted(through.objects.values_list("id", flat=True))
+    # Two groups each, one where both name the same group.
+    assert len(ids) == sum(len({i % 7, i % 11}) for i in range(1, ROWS + 1))
+    assert ids == list(range(before + 1, before + 1 + len(ids)))
+    member = Member.objects.get(employee_id="E1")
+    member.groups.add(MemberGroup.objects.create(name="Later"))
+    later = through.objects.get(member=member, membergroup__name="Later")
+    assert later.id == ids[-1] + 1
+
+
 def test_both_paths_leave_the_same_members(monkeypatch: pytest.MonkeyPatch) -> None:
     with CaptureQueriesContext(connection) as captured:
         assert run_import(with_managers(ROWS)).status == EdiStatus.COMPLETED
