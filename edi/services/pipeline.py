@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from edi.models import AutoProvisionRule, EdiFile, EdiMode, EdiStatus
@@ -369,9 +369,9 @@ class Run:
         unique index on each key, a sort in byte order (`COLLATE "C"`: the
         same equality as `=`, without the locale's comparisons), about
         twice as fast as grouping a million keys. Only a key whose index
-        refuses is grouped; the aggregate only counts (collecting every
-        key's lines would build an array per row), and the lines are read
-        for the few keys found.
+        refuses (a duplicate, or a key too long to index) is grouped; the
+        aggregate only counts (collecting every key's lines would build an
+        array per row), and the lines are read for the few keys found.
         """
         problems = []
         for label, key in (("employee_id", "emp"), ("email", "email_norm")):
@@ -382,8 +382,11 @@ class Run:
                             WHERE {key} <> ''"""
                     )
                 continue  # no duplicate
-            except IntegrityError:
-                pass  # the savepoint dropped the half-built index
+            except DatabaseError:
+                # A duplicate, or a key too long for a B-tree entry (a
+                # VALUE_TOO_LONG row): grouping tells. The savepoint
+                # dropped the half-built index.
+                pass
             keys = [
                 row[0]
                 for row in self.rows_of(
@@ -1106,7 +1109,8 @@ class Run:
         # nobody else draws its ids (an INSERT takes its table lock before
         # it evaluates the id's default): the pairs get consecutive ids
         # from the sequence's next one, which is then moved past them.
-        # Drawing each id with nextval cost about 1 s per 2M pairs.
+        # Drawing 2M ids one nextval at a time costs about 1 s (0.3 to
+        # 0.8 µs a call, measured).
         [(sequence,)] = self.rows_of(
             "SELECT pg_get_serial_sequence('portal_member_groups', 'id')"
         )

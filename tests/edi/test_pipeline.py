@@ -11,6 +11,7 @@ import codecs
 import csv
 import io
 import re
+import secrets
 
 import pytest
 from django_tenants.utils import tenant_context
@@ -436,6 +437,27 @@ def test_row_errors_skip_only_their_rows():
     codes = {r["email"]: r["codes"] for r in results(f)}
     assert codes["not-an-email"] == "EMAIL_INVALID"
     assert codes["fine@corp.test"] == "SEAT_INVALID"
+
+
+@pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
+def test_keys_too_long_for_an_index_are_row_errors_or_duplicates(twice):
+    """Duplicate keys are first looked for with a unique index on the stage;
+    a key over a B-tree entry's limit (about 2.7 kB) cannot be indexed, and
+    is still checked, by grouping."""
+    huge = secrets.token_hex(2600) + "@corp.test"  # incompressible
+    good = "".join(f"E{i},ok{i}@corp.test\n" for i in range(10, 30))
+    data = f"employee_id,email\n{good}E2,{huge}\n" + (f"E3,{huge}\n" if twice else "")
+    f = run_import(data)
+    if twice:
+        assert f.status == EdiStatus.REJECTED
+        assert [e["code"] for e in f.errors] == ["DUPLICATE_KEY"]
+        assert f.errors[0]["details"]["duplicates"][0]["lines"] == [22, 23]
+    else:
+        assert f.status == EdiStatus.COMPLETED, f.errors
+        assert f.counts["created"] == 20
+        assert f.counts["row_errors"] == 1
+        codes = {r["employee_id"]: r["codes"] for r in results(f)}
+        assert codes["E2"] == "VALUE_TOO_LONG"
 
 
 def test_the_default_mode_comes_from_the_tenant_settings():
