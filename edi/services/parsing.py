@@ -409,10 +409,7 @@ class Reader:
             if spans or source.long_lines:
                 _check_cells(cells, line)
             if len(cells) == width and cells[0].strip():
-                numbers.append(line)
-                values.append(
-                    (strip(pick(cells)),) if single else tuple(map(strip, pick(cells)))
-                )
+                picked = pick(cells)
             elif not cells or not "".join(cells).strip():
                 continue  # a blank line
             elif len(cells) != width:
@@ -421,13 +418,16 @@ class Reader:
                     f"{len(cells)} cells where the header has {width}.",
                     line=line,
                 )
-                numbers.append(line)
-                values.append(_partial(cells, picks))
+                picked = None
             else:  # the first cell is blank, another is not
-                numbers.append(line)
-                values.append(
-                    (strip(pick(cells)),) if single else tuple(map(strip, pick(cells)))
-                )
+                picked = pick(cells)
+            numbers.append(line)
+            if picked is None:
+                values.append(_partial(cells, picks))
+            elif single:
+                values.append((strip(picked),))
+            else:
+                values.append(tuple(map(strip, picked)))
             if len(numbers) >= size:
                 self.data_rows += len(numbers)
                 yield Batch(numbers, values, problems)
